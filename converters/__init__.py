@@ -1,0 +1,1 @@
+"""doorface converters: rebuild, quantize, check and evaluate face models (offline, TensorFlow allowed)."""

@@ -1,0 +1,95 @@
+"""``doorface-convert``: build, check and evaluate the shipped models (offline, on a PC)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edge.manifest import Manifest, default_models_dir
+
+
+def _cmd_mtcnn(args) -> int:
+    from converters import mtcnn_convert
+
+    entries = mtcnn_convert.convert(Path(args.out), shared=args.shared, cache=args.cache)
+    for key, entry in sorted(entries.items()):
+        print(f"{key:<11} {entry['file']:<28} {entry['size_bytes']:>9,} B  sha256 {entry['sha256'][:16]}…")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from converters import tflite_tools
+
+    manifest = Manifest.load(Path(args.models))
+    failed = 0
+    rows = {}
+    for key, entry in sorted(manifest.models.items()):
+        entry.read_verified()
+        report = tflite_tools.inspect_model(entry.path)
+        tpu = tflite_tools.check_edgetpu(entry.path, report)
+        int8_expected = entry.input.dtype in ("int8", "uint8")
+        ok = report.fully_int8 or not int8_expected
+        failed += not ok
+        rows[key] = {"int8": report.fully_int8, "float_ops": sorted(set(report.float_ops)),
+                     "ops": sorted(set(report.ops)), "edgetpu": tpu.problems or "compatible",
+                     "edgetpu_compiler": tpu.compiler}
+        if not args.json:
+            status = "ok" if ok else "FLOAT OPS IN AN INT8 MODEL"
+            print(f"{key:<11} {status:<6} ops={','.join(rows[key]['ops'])}")
+            print(f"{'':<11} edgetpu: {'; '.join(tpu.problems) or 'compatible'} ({tpu.compiler})")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 1 if failed else 0
+
+
+def _cmd_evaluate(args) -> int:
+    from converters import evaluate_mtcnn
+
+    return evaluate_mtcnn.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="doorface-convert", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mtcnn = sub.add_parser("mtcnn", help="rebuild the int8 MTCNN models, manifest entries and cards from nothing")
+    mtcnn.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")
+    mtcnn.add_argument("--shared", type=Path, default=None,
+                       help="the shared folder holding data/ (default: $DOORFACE_SHARED or ../shared)")
+    mtcnn.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
+    mtcnn.set_defaults(func=_cmd_mtcnn)
+
+    check = sub.add_parser("check", help="parse every shipped model: int8 ops only? EdgeTPU compatible?")
+    check.add_argument("--models", default=str(default_models_dir()))
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_cmd_check)
+
+    evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
+    evaluate.add_argument("what", choices=["mtcnn"])
+    evaluate.add_argument("--models", default=str(default_models_dir()))
+    evaluate.add_argument("--out", default="reports", help="folder for JSON, markdown and PNG results")
+    evaluate.add_argument("--lfw-images", type=int, default=1000, help="LFW images for the int8-vs-float check")
+    evaluate.add_argument("--lfw-all", action=argparse.BooleanOptionalAction, default=True,
+                          help="detection rate and landmarks on all 7,701 LFW images")
+    evaluate.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"doorface-convert: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

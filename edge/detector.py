@@ -1,0 +1,135 @@
+"""MTCNN on TFLite: stage runners over int8 (or float) interpreters, and the detector that wires them.
+
+P-Net is fully convolutional and runs once per pyramid level. Re-allocating one interpreter for every level of
+every frame would rebuild XNNPACK's packed weights each time, so each distinct input shape keeps its own
+interpreter (a video has the same few shapes every frame). R-Net and O-Net have a static batch of one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from edge import interpreter as tfl
+from edge.faces import Detections
+from edge.manifest import Manifest, ModelEntry
+from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, detect_faces
+
+MTCNN_KEYS = ("pnet", "rnet", "onet")
+# Enough for every pyramid level of a couple of frame sizes; each P-Net interpreter holds well under 1 MB.
+PNET_SHAPE_CACHE = 48
+
+# Output heads are told apart by their width, which the architecture fixes.
+FACE_PROB_WIDTH = 2
+BOX_OFFSETS_WIDTH = 4
+LANDMARKS_WIDTH = 10
+
+
+class _Model:
+    """One model's bytes, input normalisation and a factory for interpreters at a given input shape."""
+
+    def __init__(self, entry: ModelEntry, num_threads: int, device: str):
+        self.entry = entry
+        self.content = entry.read_verified()
+        self.num_threads = num_threads
+        self.device = device
+
+    def interpreter(self, shape: Optional[tuple[int, ...]] = None) -> Any:
+        interp = tfl.make_interpreter(self.content, num_threads=self.num_threads, device=self.device)
+        if shape is not None:
+            spec = tfl.input_specs(interp)[0]
+            if spec.shape != shape:
+                interp.resize_tensor_input(spec.index, list(shape), strict=False)
+        interp.allocate_tensors()
+        return interp
+
+
+class _Bound:
+    """An allocated interpreter with its input lookup table and outputs keyed by head width."""
+
+    def __init__(self, model: _Model, shape: Optional[tuple[int, ...]] = None):
+        self.interpreter = model.interpreter(shape)
+        self.input = tfl.input_specs(self.interpreter)[0]
+        self.lut = tfl.pixel_lut(self.input, model.entry.input.mean, model.entry.input.std)
+        self.outputs = {spec.shape[-1]: spec for spec in tfl.output_specs(self.interpreter)}
+
+    def run(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
+        self.interpreter.set_tensor(self.input.index, self.lut[pixels][None])
+        self.interpreter.invoke()
+        return {width: tfl.get_output(self.interpreter, spec)[0] for width, spec in self.outputs.items()}
+
+
+class PNet:
+    """P-Net runner: ``(H, W, 3) uint8 → (prob (h, w), offsets (h, w, 4))``."""
+
+    def __init__(self, model: _Model):
+        self.model = model
+        self._bound: OrderedDict[tuple[int, int], _Bound] = OrderedDict()
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = image.shape[:2]
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = _Bound(self.model, (1, *key, 3))
+            self._bound[key] = bound
+            if len(self._bound) > PNET_SHAPE_CACHE:
+                self._bound.popitem(last=False)
+        else:
+            self._bound.move_to_end(key)
+        out = bound.run(image)
+        return out[FACE_PROB_WIDTH][..., 1], out[BOX_OFFSETS_WIDTH]
+
+
+class CropNet:
+    """R-Net / O-Net runner over a batch of crops, one invoke per crop (static batch of one)."""
+
+    def __init__(self, model: _Model, widths: tuple[int, ...]):
+        self.bound = _Bound(model)
+        self.widths = widths
+        missing = set(widths) - set(self.bound.outputs)
+        if missing:
+            raise ValueError(f"model '{model.entry.key}' lacks output heads of width {sorted(missing)}")
+
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, ...]:
+        results = [np.zeros((len(crops), w), dtype=np.float32) for w in self.widths]
+        for i, crop in enumerate(crops):
+            out = self.bound.run(crop)
+            for column, width in zip(results, self.widths):
+                column[i] = out[width]
+        results[0] = results[0][:, 1]  # face probability of the (not face, face) softmax
+        return tuple(results)
+
+
+@dataclass
+class MtcnnDetector:
+    """Face detector: call with an RGB uint8 image, get :class:`Detections`."""
+
+    pnet: PNet
+    rnet: CropNet
+    onet: CropNet
+    params: CascadeParams = DEFAULT_PARAMS
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        return detect_faces(image, self.pnet, self.rnet, self.onet, self.params)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: Optional[Manifest] = None,
+        *,
+        num_threads: int = 1,
+        device: str = tfl.CPU,
+        params: CascadeParams = DEFAULT_PARAMS,
+        keys: tuple[str, str, str] = MTCNN_KEYS,
+    ) -> MtcnnDetector:
+        manifest = manifest or Manifest.load()
+        models = [_Model(manifest.entry(k), num_threads, device) for k in keys]
+        return cls(
+            pnet=PNet(models[0]),
+            rnet=CropNet(models[1], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH)),
+            onet=CropNet(models[2], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH, LANDMARKS_WIDTH)),
+            params=params,
+        )

@@ -1,0 +1,134 @@
+"""The model table: ``quantized_models/manifest.json`` read, validated and checked against the files.
+
+Schema (``{"models": {key: entry}}``), the fields the runtime reads::
+
+    file        model file name, relative to the manifest's folder
+    sha256      hex digest of that file; checked at every load
+    task        "face_detection_stage" (MTCNN nets) or "face_embedding"
+    input       {"shape": [1, h, w, 3] (-1 = any), "dtype": "int8", "channels": "RGB",
+                 "mean": 127.5, "std": 128.0, "quantization": {"scale": s, "zero_point": z}}
+
+The converter writes more (provenance, licence, calibration set, agreement, size); see the model cards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+MANIFEST_NAME = "manifest.json"
+MODELS_ENV = "DOORFACE_MODELS"
+RESTORE_HINT = (
+    "restore it with `git checkout -- quantized_models/` or rebuild it with `doorface-convert mtcnn`"
+)
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, or lacks a model."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file is missing or differs from the manifest's sha256."""
+
+
+def default_models_dir() -> Path:
+    """``$DOORFACE_MODELS`` if set, else the repository's ``quantized_models/``."""
+    env = os.environ.get(MODELS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "quantized_models"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str
+    channels: str
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    key: str
+    path: Path
+    sha256: str
+    task: str
+    input: InputSpec
+    fields: dict
+    """The whole manifest entry, for readers of fields beyond the ones above."""
+
+    def read_verified(self) -> bytes:
+        """The model's bytes, after checking they exist and match the manifest's sha256."""
+        if not self.path.is_file():
+            raise ModelIntegrityError(f"model '{self.key}' file {self.path} is missing; {RESTORE_HINT}")
+        data = self.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise ModelIntegrityError(
+                f"model '{self.key}' file {self.path} does not match the manifest "
+                f"(sha256 {digest[:12]}…, expected {self.sha256[:12]}…): it was modified or corrupted; {RESTORE_HINT}"
+            )
+        return data
+
+
+def _require(entry: dict, key: str, name: str, where: Path) -> Any:
+    if key not in entry:
+        raise ManifestError(f"{where}: model '{name}' lacks the field '{key}'")
+    return entry[key]
+
+
+def _parse_entry(name: str, entry: Any, folder: Path, where: Path) -> ModelEntry:
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: model '{name}' must be an object")
+    spec = _require(entry, "input", name, where)
+    try:
+        input_spec = InputSpec(
+            shape=tuple(int(v) for v in spec["shape"]),
+            dtype=str(spec["dtype"]),
+            channels=str(spec.get("channels", "RGB")),
+            mean=float(spec["mean"]),
+            std=float(spec["std"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: model '{name}' has a bad 'input' field: {exc!r}") from exc
+    if input_spec.std == 0:
+        raise ManifestError(f"{where}: model '{name}' input.std must not be 0")
+    return ModelEntry(
+        key=name,
+        path=folder / str(_require(entry, "file", name, where)),
+        sha256=str(_require(entry, "sha256", name, where)).lower(),
+        task=str(_require(entry, "task", name, where)),
+        input=input_spec,
+        fields=entry,
+    )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    models: dict
+
+    @classmethod
+    def load(cls, models_dir: Optional[Path] = None) -> Manifest:
+        folder = Path(models_dir) if models_dir is not None else default_models_dir()
+        path = folder / MANIFEST_NAME
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ManifestError(f"model manifest {path} not found; {RESTORE_HINT}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"model manifest {path} is unreadable ({exc}); {RESTORE_HINT}") from exc
+        models = raw.get("models") if isinstance(raw, dict) else None
+        if not isinstance(models, dict):
+            raise ManifestError(f"{path}: expected {{\"models\": {{key: entry}}}}")
+        return cls(path, {name: _parse_entry(name, e, folder, path) for name, e in models.items()})
+
+    def entry(self, key: str) -> ModelEntry:
+        try:
+            return self.models[key]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ManifestError(f"{self.path}: no model '{key}' (known: {known})") from None

@@ -1,0 +1,64 @@
+"""Packaging for doorface.
+
+The runtime (``edge``) never depends on TensorFlow: it runs on a Raspberry Pi / Coral with the LiteRT interpreter.
+The model converters (``converters``) need TensorFlow and are an optional extra: ``pip install -e ".[convert]"``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    text = (HERE / "edge" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
+    if not match:
+        raise RuntimeError("__version__ not found in edge/__init__.py")
+    return match.group(1)
+
+
+def read_long_description() -> str:
+    try:
+        return (HERE / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+CONVERT_EXTRAS = ["tensorflow-cpu==2.21.*", "joblib>=1.3", "lz4>=4.0", "tqdm>=4.60", "matplotlib>=3.7"]
+TEST_EXTRAS = ["pytest>=7.4", "ruff>=0.5"]
+
+setup(
+    name="doorface",
+    version=read_version(),
+    description="Edge face recognition for Raspberry Pi / Coral door cameras",
+    long_description=read_long_description(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edge", "edge.*", "converters", "converters.*"]),
+    # Runtime dependencies only: never TensorFlow here (it lives in the "convert" extra).
+    # ai-edge-litert has no armv7l wheel, so it is skipped there. tflite-runtime (which needs numpy<2) is also
+    # supported at run time as the interpreter when a user installs it themselves.
+    install_requires=[
+        "numpy>=1.23",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6.0",
+        "paho-mqtt>=2.0",
+        'ai-edge-litert>=1.2; platform_machine != "armv7l"',
+    ],
+    extras_require={
+        "convert": CONVERT_EXTRAS,
+        "test": TEST_EXTRAS,
+        "dev": CONVERT_EXTRAS + TEST_EXTRAS,
+    },
+    entry_points={
+        "console_scripts": [
+            "doorface=edge.cli:main",
+            "doorface-convert=converters.cli:main",
+        ],
+    },
+)
