@@ -10,6 +10,7 @@ subtraction so that int8/uint8 arithmetic never wraps.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ def make_interpreter(
     options = parse_device(device)
     if options is not None:
         try:
+            # Probe first: litert's Delegate object, half-built when the library is absent, fails again in __del__.
+            ctypes.CDLL(EDGETPU_LIBRARY)
             delegates.append(be.load_delegate(EDGETPU_LIBRARY, options))
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning(

@@ -1,0 +1,399 @@
+"""MTCNN latency on the on-device runtime: per stage, float vs int8, 1 and 2 threads, against a MAC floor.
+
+Runs the real detector (``edge.detector.MtcnnDetector``) over frames of the shared test videos resized to
+640×480. Each stage runner is wrapped in a timer, so P-Net time is the sum of its pyramid calls and R-Net / O-Net
+time covers every crop of the frame; ``total`` is the wall time of ``detector(frame)`` (resizes, NMS and crops
+included). Every frame is run once untimed first, because P-Net builds one interpreter per pyramid shape on first
+use.
+
+MACs are counted from each model's op details (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) on an interpreter
+without the default delegate, so the graph is the one the converter wrote. P-Net is counted at every pyramid shape
+the detector actually ran; R-Net and O-Net per crop, times the mean crops per frame. The floor is
+``MACs / (GMAC/s per core × threads)``.
+
+Never imports TensorFlow: it measures ``edge.interpreter``'s backend (ai_edge_litert or tflite_runtime).
+
+    python -m bench.bench_mtcnn [--frames 40] [--threads 1 2] [--out bench/results] [--models DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+
+from converters import datasets
+from edge import interpreter as tfl
+from edge.detector import MtcnnDetector
+from edge.manifest import Manifest
+from edge.mtcnn import pyramid_scales
+
+VIDEOS = ("facenet_pytorch_video.mp4", "short_hamilton_clip.mp4")
+FRAME_SIZE = (640, 480)  # (width, height), the detector's working resolution on the device
+DEFAULT_FRAMES_PER_VIDEO = 40
+DEFAULT_THREADS = (1, 2)
+DEFAULT_OUT = Path("bench/results")
+# XNNPACK int8 convolutions reach about this many multiply-accumulates per second per core on this machine.
+DEFAULT_GMACS_PER_CORE = 43.0
+PERCENTILE = 90
+
+STAGES = ("pnet", "rnet", "onet")
+VARIANTS: dict[str, tuple[str, str, str]] = {
+    "float": ("pnet_float", "rnet_float", "onet_float"),
+    "int8": ("pnet", "rnet", "onet"),
+}
+INT8 = "int8"
+
+RESULT_JSON = "mtcnn_latency.json"
+RESULT_MD = "mtcnn_latency.md"
+
+CONV_2D = "CONV_2D"
+DEPTHWISE_CONV_2D = "DEPTHWISE_CONV_2D"
+FULLY_CONNECTED = "FULLY_CONNECTED"
+
+MS = 1e3
+GIGA = 1e9
+MEGA = 1e6
+
+
+# ------------------------------------------------------------------------------------------------------ frames
+
+
+def _frame_count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+
+
+def load_frames(frames_per_video: int, size: tuple[int, int] = FRAME_SIZE) -> tuple[list[np.ndarray], list[str]]:
+    """``frames_per_video`` RGB frames from each test video, evenly spread over the whole clip."""
+    frames: list[np.ndarray] = []
+    sources: list[str] = []
+    folder = datasets.data_dir("video")
+    for name in VIDEOS:
+        path = folder / name
+        count = _frame_count(path)
+        wanted = set(np.linspace(0, max(count - 1, 0), frames_per_video).round().astype(int).tolist())
+        for index, frame in enumerate(datasets.iter_video_frames(path, size=size, step=1)):
+            if index in wanted:
+                frames.append(frame)
+                sources.append(f"{name}:{index}")
+    if not frames:
+        raise RuntimeError(f"no frames decoded from {folder} ({', '.join(VIDEOS)})")
+    return frames, sources
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+
+
+class TimedRunner:
+    """Wraps a stage runner; accumulates this frame's seconds, calls and crops (R-Net / O-Net batch size)."""
+
+    def __init__(self, runner: Callable[[np.ndarray], Any]):
+        self.runner = runner
+        self.shapes: set[tuple[int, ...]] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.items = 0
+
+    def __call__(self, array: np.ndarray) -> Any:
+        start = time.perf_counter()
+        out = self.runner(array)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.items += len(array) if array.ndim == 4 else 1
+        self.shapes.add(tuple(array.shape))
+        return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), f"p{PERCENTILE}": float(np.percentile(arr, PERCENTILE))}
+
+
+def bench_config(manifest: Manifest, keys: tuple[str, str, str], threads: int, frames: list[np.ndarray]) -> dict:
+    """Start-up, first-frame latency, then one warm-up and one timed pass over ``frames``."""
+    start = time.perf_counter()
+    base = MtcnnDetector.from_manifest(manifest, num_threads=threads, keys=keys)
+    construct_s = time.perf_counter() - start
+
+    timers = {stage: TimedRunner(getattr(base, stage)) for stage in STAGES}
+    detector = dataclasses.replace(base, **timers)
+
+    start = time.perf_counter()
+    detector(frames[0])
+    first_frame_s = time.perf_counter() - start
+    for frame in frames[1:]:  # warm-up: every P-Net pyramid shape gets its interpreter
+        detector(frame)
+
+    per_frame: dict[str, list[float]] = {key: [] for key in (*STAGES, "total", "faces", "rnet_crops", "onet_crops")}
+    for frame in frames:
+        for timer in timers.values():
+            timer.reset()
+        start = time.perf_counter()
+        detections = detector(frame)
+        total = time.perf_counter() - start
+        for stage in STAGES:
+            per_frame[stage].append(timers[stage].seconds * MS)
+        per_frame["total"].append(total * MS)
+        per_frame["faces"].append(len(detections))
+        per_frame["rnet_crops"].append(timers["rnet"].items)
+        per_frame["onet_crops"].append(timers["onet"].items)
+
+    return {
+        "keys": list(keys),
+        "threads": threads,
+        "frames": len(frames),
+        "construct_ms": construct_s * MS,
+        "first_frame_ms": first_frame_s * MS,
+        "ms": {key: _stats(per_frame[key]) for key in (*STAGES, "total")},
+        "faces_per_frame": float(np.mean(per_frame["faces"])),
+        "rnet_crops_per_frame": float(np.mean(per_frame["rnet_crops"])),
+        "onet_crops_per_frame": float(np.mean(per_frame["onet_crops"])),
+        "pnet_calls_per_frame": len(timers["pnet"].shapes),
+        "pnet_shapes": sorted(list(s) for s in timers["pnet"].shapes),
+        "per_frame_ms": {key: per_frame[key] for key in (*STAGES, "total")},
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- MACs
+
+
+def _graph_interpreter(content: bytes, input_shape: Optional[tuple[int, ...]] = None) -> Any:
+    """An interpreter over the plain builtin kernels (no XNNPACK node replacing the graph), allocated."""
+    be = tfl.backend()
+    module = sys.modules[be.interpreter_class.__module__]
+    resolver = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = be.interpreter_class(model_content=content, experimental_op_resolver_type=resolver)
+    if input_shape is not None:
+        interp.resize_tensor_input(interp.get_input_details()[0]["index"], list(input_shape), strict=False)
+    interp.allocate_tensors()
+    return interp
+
+
+def count_macs(interp: Any) -> dict[str, int]:
+    """Multiply-accumulates per op type of an allocated interpreter's graph, from its op and tensor details."""
+    shapes = {int(d["index"]): tuple(int(v) for v in d["shape"]) for d in interp.get_tensor_details()}
+    macs: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        name = op["op_name"]
+        if name not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED):
+            continue
+        weights = shapes[int(op["inputs"][1])]
+        out = shapes[int(op["outputs"][0])]
+        if name == CONV_2D:  # weights (out_c, kh, kw, in_c), output (1, oh, ow, out_c)
+            _, kh, kw, in_c = weights
+            n = int(np.prod(out)) * kh * kw * in_c
+        elif name == DEPTHWISE_CONV_2D:  # weights (1, kh, kw, out_c)
+            _, kh, kw, _ = weights
+            n = int(np.prod(out)) * kh * kw
+        else:  # weights (out_features, in_features); output rows = batch
+            out_features, in_features = weights
+            n = (int(np.prod(out)) // out_features) * in_features * out_features
+        macs[name] = macs.get(name, 0) + n
+    return macs
+
+
+def model_macs(manifest: Manifest, keys: tuple[str, str, str], pnet_shapes: list[list[int]]) -> dict:
+    """MACs of P-Net summed over the pyramid shapes (one frame), and of R-Net / O-Net per crop."""
+    pnet_content, rnet_content, onet_content = (manifest.entry(k).read_verified() for k in keys)
+    levels = []
+    for shape in pnet_shapes:
+        macs = count_macs(_graph_interpreter(pnet_content, (1, *shape)))
+        levels.append({"shape": list(shape), "macs": sum(macs.values())})
+    rnet_ops = count_macs(_graph_interpreter(rnet_content))
+    onet_ops = count_macs(_graph_interpreter(onet_content))
+    return {
+        "pnet_per_frame": sum(level["macs"] for level in levels),
+        "pnet_levels": levels,
+        "rnet_per_crop": sum(rnet_ops.values()),
+        "onet_per_crop": sum(onet_ops.values()),
+        "rnet_ops": rnet_ops,
+        "onet_ops": onet_ops,
+    }
+
+
+def floors(macs: dict, config: dict, gmacs_per_core: float) -> dict:
+    """Per stage: MACs per frame, floor ms at ``config``'s threads, measured mean / floor."""
+    per_frame = {
+        "pnet": macs["pnet_per_frame"],
+        "rnet": macs["rnet_per_crop"] * config["rnet_crops_per_frame"],
+        "onet": macs["onet_per_crop"] * config["onet_crops_per_frame"],
+    }
+    per_frame["total"] = sum(per_frame.values())
+    rate = gmacs_per_core * GIGA * config["threads"]
+    out = {}
+    for stage, n in per_frame.items():
+        floor_ms = n / rate * MS
+        measured = config["ms"][stage]["mean"]
+        out[stage] = {
+            "macs_per_frame": n,
+            "floor_ms": floor_ms,
+            "measured_ms": measured,
+            "measured_over_floor": measured / floor_ms if floor_ms > 0 else None,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def machine_info() -> dict:
+    model_name = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    be = tfl.backend()
+    backend_module = sys.modules.get(be.name)
+    return {
+        "processor": platform.processor(),
+        "cpu_model": model_name,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "backend": be.name,
+        "backend_version": getattr(backend_module, "__version__", None),
+    }
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    machine = report["machine"]
+    cpu = machine["cpu_model"] or machine["processor"] or "unknown CPU"
+    width, height = report["frame_size"]
+    lines = [
+        "# MTCNN latency",
+        "",
+        f"{report['frames']} frames ({', '.join(VIDEOS)}) at {width}×{height}, default cascade params; "
+        f"{cpu}, {machine['cpu_count']} CPUs, {machine['backend']} {machine['backend_version'] or ''} (XNNPACK). "
+        f"Mean / p{PERCENTILE} ms per frame.",
+        "",
+        "| variant | threads | P-Net ms | R-Net ms | O-Net ms | total ms | faces/frame | R-Net crops | O-Net crops "
+        "| start-up ms | first frame ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    pct = f"p{PERCENTILE}"
+    for config in report["configs"]:
+        ms = config["ms"]
+        cells = [f"{_fmt(ms[s]['mean'])} / {_fmt(ms[s][pct])}" for s in (*STAGES, "total")]
+        lines.append(
+            f"| {config['variant']} | {config['threads']} | " + " | ".join(cells) + " | "
+            f"{_fmt(config['faces_per_frame'])} | {_fmt(config['rnet_crops_per_frame'], 1)} | "
+            f"{_fmt(config['onet_crops_per_frame'], 1)} | {_fmt(config['construct_ms'], 1)} | "
+            f"{_fmt(config['first_frame_ms'], 1)} |"
+        )
+    int8 = [c for c in report["configs"] if c["variant"] == INT8]
+    if int8:
+        gmacs = report["gmacs_per_core"]
+        header = "| stage | int8 MMAC/frame | floor ms @1 thread |"
+        rule = "|---|---:|---:|"
+        for config in int8:
+            header += f" measured ms @{config['threads']}t | measured/floor @{config['threads']}t |"
+            rule += "---:|---:|"
+        lines += [
+            "",
+            f"int8 MACs per frame (R-Net / O-Net: per crop × mean crops of the int8 run) against a floor of "
+            f"{gmacs:g} GMAC/s per core; the floor at N threads is the 1-thread floor / N.",
+            "",
+            header,
+            rule,
+        ]
+        for stage in (*STAGES, "total"):
+            first = int8[0]["floor"][stage]
+            floor_1t = first["floor_ms"] * int8[0]["threads"]
+            row = f"| {stage} | {_fmt(first['macs_per_frame'] / MEGA, 1)} | {_fmt(floor_1t, 3)} |"
+            for config in int8:
+                f = config["floor"][stage]
+                row += f" {_fmt(f['measured_ms'])} | {_fmt(f['measured_over_floor'], 1)}× |"
+            lines.append(row)
+        macs = report["macs"][INT8]
+        lines += [
+            "",
+            f"P-Net pyramid: {len(macs['pnet_levels'])} levels for {width}×{height} "
+            f"({len(pyramid_scales(height, width))} scales); R-Net {_fmt(macs['rnet_per_crop'] / MEGA, 2)} "
+            f"MMAC/crop, O-Net {_fmt(macs['onet_per_crop'] / MEGA, 2)} MMAC/crop.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_mtcnn", description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES_PER_VIDEO, help="frames per video")
+    parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="thread counts")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and markdown results")
+    parser.add_argument("--models", type=Path, default=None, help="models folder (default: quantized_models/)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--gmacs-per-core", type=float, default=DEFAULT_GMACS_PER_CORE,
+                        help="int8 conv throughput per core used for the floor")
+    args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error("--frames must be >= 1")
+    if any(t < 1 for t in args.threads):
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    manifest = Manifest.load(args.models)
+    frames, sources = load_frames(args.frames)
+
+    configs = []
+    macs: dict[str, dict] = {}
+    for variant in args.variants:
+        keys = VARIANTS[variant]
+        for threads in args.threads:
+            print(f"[bench] {variant} × {threads} thread(s) over {len(frames)} frames …", file=sys.stderr, flush=True)
+            config = {"variant": variant, **bench_config(manifest, keys, threads, frames)}
+            if variant not in macs:
+                macs[variant] = model_macs(manifest, keys, config["pnet_shapes"])
+            config["floor"] = floors(macs[variant], config, args.gmacs_per_core)
+            configs.append(config)
+
+    used_keys = sorted({k for v in args.variants for k in VARIANTS[v]})
+    report = {
+        "frames": len(frames),
+        "frame_sources": sources,
+        "frame_size": list(FRAME_SIZE),
+        "gmacs_per_core": args.gmacs_per_core,
+        "machine": machine_info(),
+        "manifest": str(manifest.path),
+        "models": {k: {"file": manifest.entry(k).path.name, "sha256": manifest.entry(k).sha256} for k in used_keys},
+        "macs": macs,
+        "configs": configs,
+    }
+    markdown = render_markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / RESULT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out / RESULT_MD).write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
