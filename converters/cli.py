@@ -47,6 +47,10 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    if args.what == "lfw":
+        from converters import evaluate_lfw
+
+        return evaluate_lfw.main(args)
     from converters import evaluate_mtcnn
 
     return evaluate_mtcnn.main(args)
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
-    evaluate.add_argument("what", choices=["mtcnn"])
+    evaluate.add_argument("what", choices=["mtcnn", "lfw"])
+    evaluate.add_argument("--keys", nargs="*", help="lfw: embedder keys (default: every face_embedding model)")
     evaluate.add_argument("--models", default=str(default_models_dir()))
     evaluate.add_argument("--out", default="reports", help="folder for JSON, markdown and PNG results")
     evaluate.add_argument("--lfw-images", type=int, default=1000, help="LFW images for the int8-vs-float check")
