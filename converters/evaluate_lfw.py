@@ -31,6 +31,7 @@ from edge.manifest import Manifest
 log = logging.getLogger(__name__)
 
 FOLDS = 10
+FULL_PROTOCOL_PAIRS = 6000
 TARGET_FAR = 1e-3
 NUM_THREADS = 2
 # Published LFW accuracies of the sources, for the table (not measured here).
@@ -241,6 +242,31 @@ def plot_roc(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def record_in_manifest(results: dict, manifest: Manifest) -> None:
+    """Write each model's LFW thresholds and accuracy into its manifest entry (other fields untouched) + card."""
+    from converters import manifest_io
+
+    entries = {}
+    for key, r in results["models"].items():
+        entry = dict(manifest.entry(key).fields)
+        entry["thresholds"] = {
+            "best_accuracy": round(r["threshold_best_accuracy"], 6),
+            "far_1e-3": round(r["threshold_far_1e-3"], 6),
+            "metric": "cosine distance (1 - cos) of L2-normalised embeddings; same person if <= threshold",
+            "from": "LFW View-2, 6000 pairs, our int8 MTCNN + alignment",
+        }
+        entry["accuracy"] = {
+            "lfw_accuracy": round(r["accuracy_mean"], 5),
+            "lfw_accuracy_std": round(r["accuracy_std"], 5),
+            "lfw_roc_auc": round(r["roc_auc"], 5),
+            "lfw_tar_at_far_1e-3": round(r["tar_at_far_1e-3"], 5),
+        }
+        entries[key] = entry
+    folder = manifest.path.parent
+    manifest_io.update_manifest(folder, entries)
+    manifest_io.write_cards(folder, sorted(entries))
+
+
 def main(args) -> int:
     manifest = Manifest.load(Path(args.models))
     keys = args.keys or [k for k, e in sorted(manifest.models.items()) if e.task == "face_embedding"]
@@ -256,5 +282,7 @@ def main(args) -> int:
     serialisable["models"] = {k: {f: v for f, v in r.items() if f != "distances"}
                               for k, r in results["models"].items()}
     (out / "lfw_eval.json").write_text(json.dumps(serialisable, indent=2) + "\n", encoding="utf-8")
+    if results["pairs"] == FULL_PROTOCOL_PAIRS:  # only the whole protocol may set the shipped thresholds
+        record_in_manifest(results, manifest)
     print(table)
     return 0

@@ -67,6 +67,69 @@ def _cmd_detect(args) -> int:
     return EXIT_SOME_INPUTS_FAILED if failures else EXIT_OK
 
 
+def _embedder_threshold(entry, which: str):
+    """The manifest's LFW threshold for this embedder, or None before `doorface-convert evaluate lfw` has run."""
+    value = entry.fields.get("thresholds", {}).get(which)
+    return float(value) if value is not None else None
+
+
+def _cmd_compare(args) -> int:
+    import numpy as np
+
+    from edge.config import load_config
+    from edge.embedder import Embedder, distance
+    from edge.image_io import ImageError, load_image
+    from edge.manifest import Manifest
+
+    config = load_config(args.device_config, args.config)
+    manifest = Manifest.load(Path(config.models_dir) if config.models_dir else None)
+    key = args.model or config.embedder.model
+    embedder = Embedder(manifest.entry(key), num_threads=args.threads or config.embedder.num_threads,
+                        device=config.detector.device)
+    detector = _load_detector(args)
+    threshold = _embedder_threshold(manifest.entry(key), config.embedder.threshold)
+    faces, vectors, failures = [], [], 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            failures += 1
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            continue
+        detections = detector(image)
+        if len(detections) == 0:
+            print(f"{path}: no face found", file=sys.stderr)
+        for i, face in enumerate(detections.faces):
+            faces.append({"image": path, "face": i, "box": face.to_dict()["box"], "score": round(face.score, 4)})
+        vectors.append(embedder(image, detections.landmarks))
+    matrix = distance(np.concatenate(vectors), np.concatenate(vectors), embedder.spec.metric) if faces else \
+        np.zeros((0, 0))
+    np.fill_diagonal(matrix, 0.0)
+    same = (matrix <= threshold) if threshold is not None else None
+    if args.json:
+        print(json.dumps({"model": key, "metric": embedder.spec.metric, "threshold": threshold,
+                          "threshold_kind": config.embedder.threshold, "faces": faces,
+                          "distances": np.round(matrix, 4).tolist(),
+                          "same": same.tolist() if same is not None else None}))
+    else:
+        for n, face in enumerate(faces):
+            print(f"[{n}] {face['image']} face {face['face'] + 1} (score {face['score']:.3f})")
+        if threshold is None:
+            print(f"model '{key}' has no LFW threshold yet (run `doorface-convert evaluate lfw`): distances only")
+        else:
+            print(f"{embedder.spec.metric} distance; same person if <= {threshold:.4f} "
+                  f"({key}, LFW {config.embedder.threshold} threshold)")
+        print("      " + "".join(f"{n:>8}" for n in range(len(faces))))
+        for n, row in enumerate(matrix):
+            print(f"{n:>6}" + "".join(f"{v:8.4f}" for v in row))
+        if same is not None:
+            for a in range(len(faces)):
+                for b in range(a + 1, len(faces)):
+                    verdict = "same" if same[a, b] else "different"
+                    print(f"[{a}] vs [{b}]: {matrix[a, b]:.4f} {verdict}")
+    return EXIT_SOME_INPUTS_FAILED if failures else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface", description="Edge face recognition for door cameras.")
     parser.add_argument("--version", action="version", version=f"doorface {__version__}")
@@ -83,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--draw", metavar="OUT_DIR", help="write each image with boxes and landmarks drawn")
     detect.add_argument("--min-face-size", type=float, help="override the config's smallest face side (pixels)")
     detect.set_defaults(func=_cmd_detect)
+
+    compare = sub.add_parser("compare", parents=[common],
+                             help="embed every face of the images and print their distance matrix")
+    compare.add_argument("images", nargs="+", metavar="IMAGE")
+    compare.add_argument("--model", help="embedder manifest key (default: the config's embedder.model)")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+    compare.set_defaults(func=_cmd_compare, min_face_size=None)
     return parser
 
 

@@ -61,10 +61,19 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class EmbedderConfig:
+    model: str = _field("mobilefacenet", "manifest key of the face embedder (e.g. mobilefacenet, dlib_resnet)")
+    num_threads: int = _field(2, "CPU threads for the embedder interpreter", low=1, high=16)
+    threshold: str = _field("far_1e-3", "which LFW threshold of the manifest decides 'same person'",
+                            choices=("far_1e-3", "best_accuracy"))
+
+
+@dataclass(frozen=True)
 class Config:
     device_name: str = _field(DEFAULT_DEVICE, "which device_configs/<name>.yaml this came from")
     models_dir: Optional[str] = _field(None, "folder holding manifest.json (default: the bundled models)")
     detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={"description": "face detection"})
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig, metadata={"description": "face embedding"})
 
 
 def _type_name(tp: Any) -> str:
@@ -106,6 +115,8 @@ def _build(cls, data: Any, where: str):
         meta = f.metadata
         if meta.get("low") is not None and value is not None and not meta["low"] <= value <= meta["high"]:
             raise ConfigError(f"{key}: must be between {meta['low']} and {meta['high']}, got {value}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
         values[name] = value
     try:
         return cls(**values)
