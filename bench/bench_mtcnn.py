@@ -40,6 +40,7 @@ from edge.mtcnn import pyramid_scales
 VIDEOS = ("facenet_pytorch_video.mp4", "short_hamilton_clip.mp4")
 FRAME_SIZE = (640, 480)  # (width, height), the detector's working resolution on the device
 DEFAULT_FRAMES_PER_VIDEO = 40
+DEFAULT_REPEATS = 3  # timed passes over the frames after the warm-up pass, interleaved across configurations
 DEFAULT_THREADS = (1, 2)
 DEFAULT_OUT = Path("bench/results")
 # XNNPACK int8 convolutions reach about this many multiply-accumulates per second per core on this machine.
@@ -52,6 +53,8 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "int8": ("pnet", "rnet", "onet"),
 }
 INT8 = "int8"
+
+COUNTS = ("faces", "rnet_crops", "onet_crops")
 
 RESULT_JSON = "mtcnn_latency.json"
 RESULT_MD = "mtcnn_latency.md"
@@ -122,52 +125,69 @@ class TimedRunner:
 
 def _stats(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), f"p{PERCENTILE}": float(np.percentile(arr, PERCENTILE))}
-
-
-def bench_config(manifest: Manifest, keys: tuple[str, str, str], threads: int, frames: list[np.ndarray]) -> dict:
-    """Start-up, first-frame latency, then one warm-up and one timed pass over ``frames``."""
-    start = time.perf_counter()
-    base = MtcnnDetector.from_manifest(manifest, num_threads=threads, keys=keys)
-    construct_s = time.perf_counter() - start
-
-    timers = {stage: TimedRunner(getattr(base, stage)) for stage in STAGES}
-    detector = dataclasses.replace(base, **timers)
-
-    start = time.perf_counter()
-    detector(frames[0])
-    first_frame_s = time.perf_counter() - start
-    for frame in frames[1:]:  # warm-up: every P-Net pyramid shape gets its interpreter
-        detector(frame)
-
-    per_frame: dict[str, list[float]] = {key: [] for key in (*STAGES, "total", "faces", "rnet_crops", "onet_crops")}
-    for frame in frames:
-        for timer in timers.values():
-            timer.reset()
-        start = time.perf_counter()
-        detections = detector(frame)
-        total = time.perf_counter() - start
-        for stage in STAGES:
-            per_frame[stage].append(timers[stage].seconds * MS)
-        per_frame["total"].append(total * MS)
-        per_frame["faces"].append(len(detections))
-        per_frame["rnet_crops"].append(timers["rnet"].items)
-        per_frame["onet_crops"].append(timers["onet"].items)
-
     return {
-        "keys": list(keys),
-        "threads": threads,
-        "frames": len(frames),
-        "construct_ms": construct_s * MS,
-        "first_frame_ms": first_frame_s * MS,
-        "ms": {key: _stats(per_frame[key]) for key in (*STAGES, "total")},
-        "faces_per_frame": float(np.mean(per_frame["faces"])),
-        "rnet_crops_per_frame": float(np.mean(per_frame["rnet_crops"])),
-        "onet_crops_per_frame": float(np.mean(per_frame["onet_crops"])),
-        "pnet_calls_per_frame": len(timers["pnet"].shapes),
-        "pnet_shapes": sorted(list(s) for s in timers["pnet"].shapes),
-        "per_frame_ms": {key: per_frame[key] for key in (*STAGES, "total")},
+        "mean": float(arr.mean()),
+        "median": float(np.median(arr)),
+        f"p{PERCENTILE}": float(np.percentile(arr, PERCENTILE)),
     }
+
+
+class ConfigBench:
+    """One detector (variant × threads): start-up and first-frame latency, a warm-up pass, then timed passes."""
+
+    def __init__(self, variant: str, manifest: Manifest, threads: int):
+        self.variant = variant
+        self.keys = VARIANTS[variant]
+        self.threads = threads
+        start = time.perf_counter()
+        base = MtcnnDetector.from_manifest(manifest, num_threads=threads, keys=self.keys)
+        self.construct_ms = (time.perf_counter() - start) * MS
+        self.timers = {stage: TimedRunner(getattr(base, stage)) for stage in STAGES}
+        self.detector = dataclasses.replace(base, **self.timers)
+        self.first_frame_ms = float("nan")
+        self.passes = 0
+        self.per_frame: dict[str, list[float]] = {key: [] for key in (*STAGES, "total", *COUNTS)}
+
+    def warm_up(self, frames: list[np.ndarray]) -> None:
+        """Every frame once, untimed except the very first call (it builds each P-Net pyramid interpreter)."""
+        start = time.perf_counter()
+        self.detector(frames[0])
+        self.first_frame_ms = (time.perf_counter() - start) * MS
+        for frame in frames[1:]:
+            self.detector(frame)
+
+    def timed_pass(self, frames: list[np.ndarray]) -> None:
+        for frame in frames:
+            for timer in self.timers.values():
+                timer.reset()
+            start = time.perf_counter()
+            detections = self.detector(frame)
+            total = time.perf_counter() - start
+            for stage in STAGES:
+                self.per_frame[stage].append(self.timers[stage].seconds * MS)
+            self.per_frame["total"].append(total * MS)
+            self.per_frame["faces"].append(len(detections))
+            self.per_frame["rnet_crops"].append(self.timers["rnet"].items)
+            self.per_frame["onet_crops"].append(self.timers["onet"].items)
+        self.passes += 1
+
+    def result(self) -> dict:
+        pnet_shapes = self.timers["pnet"].shapes
+        return {
+            "variant": self.variant,
+            "keys": list(self.keys),
+            "threads": self.threads,
+            "timed_passes": self.passes,
+            "construct_ms": self.construct_ms,
+            "first_frame_ms": self.first_frame_ms,
+            "ms": {key: _stats(self.per_frame[key]) for key in (*STAGES, "total")},
+            "faces_per_frame": float(np.mean(self.per_frame["faces"])),
+            "rnet_crops_per_frame": float(np.mean(self.per_frame["rnet_crops"])),
+            "onet_crops_per_frame": float(np.mean(self.per_frame["onet_crops"])),
+            "pnet_calls_per_frame": len(pnet_shapes),
+            "pnet_shapes": sorted(list(shape) for shape in pnet_shapes),
+            "per_frame_ms": {key: self.per_frame[key] for key in (*STAGES, "total")},
+        }
 
 
 # -------------------------------------------------------------------------------------------------------- MACs
@@ -304,6 +324,13 @@ def render_markdown(report: dict) -> str:
             f"{_fmt(config['onet_crops_per_frame'], 1)} | {_fmt(config['construct_ms'], 1)} | "
             f"{_fmt(config['first_frame_ms'], 1)} |"
         )
+    lines += [
+        "",
+        f"{report['repeats']} timed passes over the frames, interleaved across rows, after one warm-up pass. P-Net = "
+        "sum of its pyramid calls; total = `detector(frame)` wall time (pyramid resizes, NMS and crops included); "
+        "crops = R-Net / O-Net inputs per frame. Start-up = `MtcnnDetector.from_manifest`; first frame = the "
+        "first call, which builds one P-Net interpreter per pyramid shape.",
+    ]
     int8 = [c for c in report["configs"] if c["variant"] == INT8]
     if int8:
         gmacs = report["gmacs_per_core"]
@@ -345,6 +372,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_mtcnn", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES_PER_VIDEO, help="frames per video")
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="thread counts")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed passes over the frames")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and markdown results")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: quantized_models/)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
@@ -353,6 +381,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be >= 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     if any(t < 1 for t in args.threads):
         parser.error("--threads must be >= 1")
     return args
@@ -363,25 +393,38 @@ def main(argv: Optional[list[str]] = None) -> int:
     manifest = Manifest.load(args.models)
     frames, sources = load_frames(args.frames)
 
+    load_before = os.getloadavg()
+    benches = []
+    for variant in args.variants:  # start-up and first frame first, one configuration at a time
+        for threads in args.threads:
+            print(f"[bench] {variant} × {threads} thread(s): start-up, warm-up over {len(frames)} frames",
+                  file=sys.stderr, flush=True)
+            bench = ConfigBench(variant, manifest, threads)
+            bench.warm_up(frames)
+            benches.append(bench)
+    for repeat in range(args.repeats):  # timed passes interleaved, so background load hits every config alike
+        print(f"[bench] timed pass {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
+        for bench in benches:
+            bench.timed_pass(frames)
+    load_after = os.getloadavg()
+
     configs = []
     macs: dict[str, dict] = {}
-    for variant in args.variants:
-        keys = VARIANTS[variant]
-        for threads in args.threads:
-            print(f"[bench] {variant} × {threads} thread(s) over {len(frames)} frames …", file=sys.stderr, flush=True)
-            config = {"variant": variant, **bench_config(manifest, keys, threads, frames)}
-            if variant not in macs:
-                macs[variant] = model_macs(manifest, keys, config["pnet_shapes"])
-            config["floor"] = floors(macs[variant], config, args.gmacs_per_core)
-            configs.append(config)
+    for bench in benches:
+        config = bench.result()
+        if bench.variant not in macs:
+            macs[bench.variant] = model_macs(manifest, bench.keys, config["pnet_shapes"])
+        config["floor"] = floors(macs[bench.variant], config, args.gmacs_per_core)
+        configs.append(config)
 
     used_keys = sorted({k for v in args.variants for k in VARIANTS[v]})
     report = {
         "frames": len(frames),
+        "repeats": args.repeats,
         "frame_sources": sources,
         "frame_size": list(FRAME_SIZE),
         "gmacs_per_core": args.gmacs_per_core,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(load_after)},
         "manifest": str(manifest.path),
         "models": {k: {"file": manifest.entry(k).path.name, "sha256": manifest.entry(k).sha256} for k in used_keys},
         "macs": macs,

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from converters import datasets, manifest_io, sources, tflite_tools
 from converters import mtcnn_keras as mk
-from edge import boxes as bx
 from edge import interpreter as tfl
 from edge import mtcnn as cascade
 
@@ -100,8 +99,7 @@ def pnet_samples(images: list) -> list[np.ndarray]:
     """Every pyramid level of every image, normalised, as P-Net sees them."""
     samples = []
     for image in images:
-        scales = cascade.pyramid_scales(*image.shape[:2])
-        samples.extend(normalise(level)[None] for _, level in cascade._pyramid(image, scales))
+        samples.extend(normalise(level)[None] for _, level in cascade.Pyramid.build(image).for_pnet())
     return samples
 
 
@@ -111,11 +109,12 @@ def crop_samples(images: list, runners, stage: str, limit: int) -> np.ndarray:
     params = cascade.DEFAULT_PARAMS
     crops = []
     for image in tqdm(images, desc=f"{stage} calibration crops", unit="img", leave=False):
-        candidates = cascade.propose(image, pnet, params)
+        pyramid = cascade.Pyramid.build(image, params)
+        candidates = cascade.propose(pyramid, pnet, params)
         if stage == "onet":
-            candidates = cascade.refine(image, candidates, rnet, params)
+            candidates = cascade.refine(pyramid, candidates, rnet, params)
         if len(candidates):
-            crops.append(bx.crop_resized(image, candidates[:, :4], INPUT_SIDE[stage]))
+            crops.append(pyramid.crops(candidates[:, :4], INPUT_SIDE[stage]))
     all_crops = np.concatenate(crops) if crops else np.zeros((0, INPUT_SIDE[stage], INPUT_SIDE[stage], 3), np.uint8)
     if len(all_crops) > limit:
         keep = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(all_crops), size=limit, replace=False))

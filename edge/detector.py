@@ -57,9 +57,15 @@ class _Bound:
         self.outputs = {spec.shape[-1]: spec for spec in tfl.output_specs(self.interpreter)}
 
     def run(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
-        self.interpreter.set_tensor(self.input.index, self.lut[pixels][None])
+        """uint8 pixels of one input → dequantized outputs keyed by head width."""
+        raw = self.run_quantized(self.lut[pixels])
+        return {width: tfl.dequantize(raw[width], spec) for width, spec in self.outputs.items()}
+
+    def run_quantized(self, tensor: np.ndarray) -> dict[int, np.ndarray]:
+        """An input already in the tensor's storage type → raw (still quantized) outputs keyed by head width."""
+        self.interpreter.set_tensor(self.input.index, tensor[None])
         self.interpreter.invoke()
-        return {width: tfl.get_output(self.interpreter, spec)[0] for width, spec in self.outputs.items()}
+        return {width: self.interpreter.get_tensor(spec.index)[0] for width, spec in self.outputs.items()}
 
 
 class PNet:
@@ -94,11 +100,15 @@ class CropNet:
             raise ValueError(f"model '{model.entry.key}' lacks output heads of width {sorted(missing)}")
 
     def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, ...]:
-        results = [np.zeros((len(crops), w), dtype=np.float32) for w in self.widths]
-        for i, crop in enumerate(crops):
-            out = self.bound.run(crop)
-            for column, width in zip(results, self.widths):
+        # Normalise+quantize the whole batch once and dequantize each head once: per crop, only the invoke.
+        tensors = self.bound.lut[crops]
+        specs = [self.bound.outputs[w] for w in self.widths]
+        raw = [np.zeros((len(crops), w), dtype=spec.dtype) for w, spec in zip(self.widths, specs)]
+        for i in range(len(crops)):
+            out = self.bound.run_quantized(tensors[i])
+            for column, width in zip(raw, self.widths):
                 column[i] = out[width]
+        results = [tfl.dequantize(column, spec) for column, spec in zip(raw, specs)]
         results[0] = results[0][:, 1]  # face probability of the (not face, face) softmax
         return tuple(results)
 

@@ -94,23 +94,54 @@ def candidate_boxes(prob: np.ndarray, offsets: np.ndarray, scale: float, thresho
     return np.column_stack([x1, y1, x1 + side, y1 + side, prob[ys, xs], offsets[ys, xs]]).astype(np.float64)
 
 
-def _pyramid(image: np.ndarray, scales: list[float]):
-    """Yield (scale, resized image); each level is resized from the largest one to keep huge inputs cheap."""
-    height, width = image.shape[:2]
-    base = None
-    for scale in scales:
-        size = (max(int(np.ceil(width * scale)), 1), max(int(np.ceil(height * scale)), 1))
-        if base is None:
-            base = image if size == (width, height) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            yield scale, base
-            continue
-        yield scale, cv2.resize(base, size, interpolation=cv2.INTER_AREA)
+@dataclass(frozen=True)
+class Pyramid:
+    """The frame at decreasing scales: ``levels[0]`` is the frame itself (scale 1.0), then P-Net's levels.
+
+    Each level is resized from the previous one, so a level costs in proportion to its own size. R-Net and O-Net
+    crops are cut from the smallest level that keeps the box at least as large as the crop, so their final
+    resize is a cheap bilinear shrink by at most 1/scale_factor instead of an area average over the full frame.
+    """
+
+    levels: tuple  # ((scale, image), ...), scales strictly decreasing, levels[0] == (1.0, frame)
+    pnet_levels: int  # how many of the last levels P-Net runs on
+
+    @classmethod
+    def build(cls, image: np.ndarray, params: CascadeParams = DEFAULT_PARAMS) -> Pyramid:
+        height, width = image.shape[:2]
+        levels = [(1.0, image)]
+        scales = pyramid_scales(height, width, params)  # all <= 1: min_face_size >= the 12-pixel cell
+        for scale in scales:
+            if scale == 1.0:
+                continue  # P-Net runs on the frame itself
+            size = (max(int(np.ceil(width * scale)), 1), max(int(np.ceil(height * scale)), 1))
+            levels.append((scale, cv2.resize(levels[-1][1], size, interpolation=cv2.INTER_AREA)))
+        return cls(tuple(levels), len(scales))
+
+    def for_pnet(self) -> tuple:
+        return self.levels[len(self.levels) - self.pnet_levels:]
+
+    def crops(self, boxes: np.ndarray, size: int) -> np.ndarray:
+        """Square crops (N, size, size, 3) of frame-pixel boxes, each cut from the best level."""
+        out = np.zeros((len(boxes), size, size, 3), dtype=np.uint8)
+        if len(boxes) == 0:
+            return out
+        scales = np.array([s for s, _ in self.levels])
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        wanted = size / np.maximum(side, 1e-6)
+        # The smallest level whose scale still keeps the box >= size (levels are in decreasing scale).
+        choice = np.clip(np.searchsorted(-scales, -wanted, side="right") - 1, 0, len(scales) - 1)
+        for index in np.unique(choice):
+            scale, level = self.levels[index]
+            mask = choice == index
+            out[mask] = bx.crop_resized(level, boxes[mask], size, scale)
+        return out
 
 
-def propose(image: np.ndarray, pnet: PNetRunner, params: CascadeParams) -> np.ndarray:
+def propose(pyramid: Pyramid, pnet: PNetRunner, params: CascadeParams) -> np.ndarray:
     """Stage 1: P-Net over the pyramid → square candidate boxes (N, 4) with scores (N,) as column 4."""
     per_scale = []
-    for scale, level in _pyramid(image, pyramid_scales(*image.shape[:2], params)):
+    for scale, level in pyramid.for_pnet():
         prob, offsets = pnet(level)
         cand = candidate_boxes(prob, offsets, scale, params.pnet_threshold)
         if len(cand):
@@ -126,11 +157,11 @@ def propose(image: np.ndarray, pnet: PNetRunner, params: CascadeParams) -> np.nd
     return np.column_stack([bx.square(regressed), cand[:, 4]])
 
 
-def refine(image: np.ndarray, candidates: np.ndarray, rnet: RNetRunner, params: CascadeParams) -> np.ndarray:
+def refine(pyramid: Pyramid, candidates: np.ndarray, rnet: RNetRunner, params: CascadeParams) -> np.ndarray:
     """Stage 2: R-Net rescoring and regression → square boxes (N, 4) with scores as column 4."""
     if len(candidates) == 0:
         return np.zeros((0, 5))
-    prob, offsets = rnet(bx.crop_resized(image, candidates[:, :4], RNET_INPUT_SIZE))
+    prob, offsets = rnet(pyramid.crops(candidates[:, :4], RNET_INPUT_SIZE))
     keep = prob >= params.rnet_threshold
     boxes, prob, offsets = candidates[keep, :4], prob[keep], offsets[keep]
     order = bx.nms(boxes, prob, params.rnet_nms)
@@ -138,12 +169,12 @@ def refine(image: np.ndarray, candidates: np.ndarray, rnet: RNetRunner, params: 
     return np.column_stack([bx.square(boxes), prob[order]])
 
 
-def output(image: np.ndarray, candidates: np.ndarray, onet: ONetRunner, params: CascadeParams) -> Detections:
+def output(pyramid: Pyramid, candidates: np.ndarray, onet: ONetRunner, params: CascadeParams) -> Detections:
     """Stage 3: O-Net final score, box and five landmarks."""
     if len(candidates) == 0:
         return Detections.empty()
     boxes = candidates[:, :4]
-    prob, offsets, marks = onet(bx.crop_resized(image, boxes, ONET_INPUT_SIZE))
+    prob, offsets, marks = onet(pyramid.crops(boxes, ONET_INPUT_SIZE))
     keep = prob >= params.onet_threshold
     boxes, prob, offsets, marks = boxes[keep], prob[keep], offsets[keep], marks[keep]
     # Landmarks are fractions of the crop that O-Net saw (the box before regression).
@@ -154,7 +185,7 @@ def output(image: np.ndarray, candidates: np.ndarray, onet: ONetRunner, params: 
     landmarks = np.stack([xs, ys], axis=2)
     boxes = bx.regress(boxes, offsets)
     order = bx.nms(boxes, prob, params.onet_nms, bx.Overlap.MIN)
-    height, width = image.shape[:2]
+    height, width = pyramid.levels[0][1].shape[:2]
     return Detections(bx.clip(boxes[order], width, height), prob[order], landmarks[order])
 
 
@@ -170,6 +201,7 @@ def detect_faces(
         raise ValueError(f"detect_faces needs an RGB uint8 image (H, W, 3), got shape {image.shape} {image.dtype}")
     if min(image.shape[:2]) < PNET_CELL_SIZE:
         return Detections.empty()
-    candidates = propose(image, pnet, params)
-    candidates = refine(image, candidates, rnet, params)
-    return output(image, candidates, onet, params)
+    pyramid = Pyramid.build(image, params)
+    candidates = propose(pyramid, pnet, params)
+    candidates = refine(pyramid, candidates, rnet, params)
+    return output(pyramid, candidates, onet, params)
