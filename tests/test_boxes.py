@@ -145,3 +145,41 @@ def test_detections_are_read_only_and_serialisable():
     assert det.to_list() == [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "landmarks": [[0.0, 0.0]] * 5}]
     with pytest.raises(ValueError, match="disagree"):
         Detections(np.zeros((2, 4)), np.zeros(1), np.zeros((2, 5, 2)))
+
+
+def _naive_nms(boxes, scores, threshold, mode):
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        order = [j for j in order if bx.overlap_matrix(boxes[best][None], boxes[j][None], mode)[0, 0] <= threshold]
+    return keep
+
+
+@pytest.mark.parametrize("mode", [bx.Overlap.UNION, bx.Overlap.MIN])
+def test_nms_matches_a_naive_reference_on_random_boxes(mode, monkeypatch):
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 200, (300, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(5, 60, (300, 2))])
+    scores = rng.uniform(0, 1, 300)
+    expected = _naive_nms(boxes, scores, 0.4, mode)
+    assert bx.nms(boxes, scores, 0.4, mode).tolist() == expected
+    monkeypatch.setattr(bx, "NMS_BLOCK", 37)  # the blocked path gives the same answer
+    assert bx.nms(boxes, scores, 0.4, mode).tolist() == expected
+
+
+def test_pyramid_levels_and_crops_from_the_right_level():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (8, 10, 3), dtype=np.uint8)
+    frame = np.kron(base, np.ones((60, 64, 1), dtype=np.uint8))  # 480x640 of big blocks: smooth at crop scale
+    pyramid = mtcnn.Pyramid.build(frame)
+    scales = [s for s, _ in pyramid.levels]
+    assert scales[0] == 1.0 and all(a > b for a, b in zip(scales, scales[1:]))
+    assert [s for s, _ in pyramid.for_pnet()] == mtcnn.pyramid_scales(480, 640)
+    boxes = np.array([[100.0, 100.0, 340.0, 340.0], [8.0, 16.0, 40.0, 48.0], [-20.0, -20.0, 100.0, 100.0]])
+    from_levels = pyramid.crops(boxes, 24).astype(int)
+    direct = bx.crop_resized(frame, boxes, 24).astype(int)  # area-averaged from the full frame
+    assert from_levels.shape == (3, 24, 24, 3)
+    assert np.abs(from_levels - direct).mean() < 6  # same content; interpolation differs slightly
+    assert (from_levels[2, :3, :3] == 0).all()  # outside the frame stays black
