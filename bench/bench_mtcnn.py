@@ -35,7 +35,7 @@ from converters import datasets
 from edge import interpreter as tfl
 from edge.detector import MtcnnDetector
 from edge.manifest import Manifest
-from edge.mtcnn import pyramid_scales
+from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, pyramid_scales
 
 VIDEOS = ("facenet_pytorch_video.mp4", "short_hamilton_clip.mp4")
 FRAME_SIZE = (640, 480)  # (width, height), the detector's working resolution on the device
@@ -56,8 +56,7 @@ INT8 = "int8"
 
 COUNTS = ("faces", "rnet_crops", "onet_crops")
 
-RESULT_JSON = "mtcnn_latency.json"
-RESULT_MD = "mtcnn_latency.md"
+DEFAULT_NAME = "mtcnn_latency"
 
 CONV_2D = "CONV_2D"
 DEPTHWISE_CONV_2D = "DEPTHWISE_CONV_2D"
@@ -135,12 +134,12 @@ def _stats(values: list[float]) -> dict[str, float]:
 class ConfigBench:
     """One detector (variant × threads): start-up and first-frame latency, a warm-up pass, then timed passes."""
 
-    def __init__(self, variant: str, manifest: Manifest, threads: int):
+    def __init__(self, variant: str, manifest: Manifest, threads: int, params: CascadeParams = DEFAULT_PARAMS):
         self.variant = variant
         self.keys = VARIANTS[variant]
         self.threads = threads
         start = time.perf_counter()
-        base = MtcnnDetector.from_manifest(manifest, num_threads=threads, keys=self.keys)
+        base = MtcnnDetector.from_manifest(manifest, num_threads=threads, keys=self.keys, params=params)
         self.construct_ms = (time.perf_counter() - start) * MS
         self.timers = {stage: TimedRunner(getattr(base, stage)) for stage in STAGES}
         self.detector = dataclasses.replace(base, **self.timers)
@@ -301,12 +300,14 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
 
 def render_markdown(report: dict) -> str:
     machine = report["machine"]
+    params = dataclasses.replace(DEFAULT_PARAMS, min_face_size=report["min_face_size"])
     cpu = machine["cpu_model"] or machine["processor"] or "unknown CPU"
     width, height = report["frame_size"]
     lines = [
-        "# MTCNN latency",
+        f"#### MTCNN latency, minimum face {report['min_face_size']:g} px",
         "",
-        f"{report['frames']} frames ({', '.join(VIDEOS)}) at {width}×{height}, default cascade params; "
+        f"{report['frames']} frames ({', '.join(VIDEOS)}) at {width}×{height}, minimum face size "
+        f"{report['min_face_size']:g} px, other cascade params default; "
         f"{cpu}, {machine['cpu_count']} CPUs, {machine['backend']} {machine['backend_version'] or ''} (XNNPACK). "
         f"Mean / p{PERCENTILE} ms per frame.",
         "",
@@ -359,7 +360,7 @@ def render_markdown(report: dict) -> str:
         lines += [
             "",
             f"P-Net pyramid: {len(macs['pnet_levels'])} levels for {width}×{height} "
-            f"({len(pyramid_scales(height, width))} scales); R-Net {_fmt(macs['rnet_per_crop'] / MEGA, 2)} "
+            f"({len(pyramid_scales(height, width, params))} scales); R-Net {_fmt(macs['rnet_per_crop'] / MEGA, 2)} "
             f"MMAC/crop, O-Net {_fmt(macs['onet_per_crop'] / MEGA, 2)} MMAC/crop.",
         ]
     return "\n".join(lines) + "\n"
@@ -370,6 +371,9 @@ def render_markdown(report: dict) -> str:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_mtcnn", description=__doc__.split("\n")[0])
+    parser.add_argument("--min-face-size", type=float, default=DEFAULT_PARAMS.min_face_size,
+                        help="smallest face side in pixels (default: %(default)s, the published MTCNN setting)")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="file stem of the results (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES_PER_VIDEO, help="frames per video")
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="thread counts")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed passes over the frames")
@@ -392,6 +396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     manifest = Manifest.load(args.models)
     frames, sources = load_frames(args.frames)
+    params = dataclasses.replace(DEFAULT_PARAMS, min_face_size=args.min_face_size)
 
     load_before = os.getloadavg()
     benches = []
@@ -399,7 +404,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for threads in args.threads:
             print(f"[bench] {variant} × {threads} thread(s): start-up, warm-up over {len(frames)} frames",
                   file=sys.stderr, flush=True)
-            bench = ConfigBench(variant, manifest, threads)
+            bench = ConfigBench(variant, manifest, threads, params)
             bench.warm_up(frames)
             benches.append(bench)
     for repeat in range(args.repeats):  # timed passes interleaved, so background load hits every config alike
@@ -423,6 +428,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "repeats": args.repeats,
         "frame_sources": sources,
         "frame_size": list(FRAME_SIZE),
+        "min_face_size": params.min_face_size,
         "gmacs_per_core": args.gmacs_per_core,
         "machine": {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(load_after)},
         "manifest": str(manifest.path),
@@ -432,8 +438,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     markdown = render_markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / RESULT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / RESULT_MD).write_text(markdown, encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"{args.name}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     return 0
 

@@ -20,6 +20,7 @@ README = ROOT / "README.md"
 BLOCKS = {
     "mtcnn_eval": ROOT / "reports" / "mtcnn_eval.md",
     "mtcnn_latency": ROOT / "bench" / "results" / "mtcnn_latency.md",
+    "mtcnn_latency_door": ROOT / "bench" / "results" / "mtcnn_latency_door.md",
 }
 MANIFEST = ROOT / "quantized_models" / "manifest.json"
 

@@ -142,3 +142,28 @@ def test_quantize_widens_and_saturates():
     np.testing.assert_array_equal(tfl.quantize(np.array([-1000.0, 1000.0, 0.0]), spec), [-128, 127, -100])
     lut = tfl.pixel_lut(spec, mean=127.5, std=128.0)
     assert lut.dtype == np.int8 and lut.shape == (256,)
+
+
+def test_no_interpreter_package_gives_an_actionable_error():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['ai_edge_litert'] = None\n"
+        "sys.modules['ai_edge_litert.interpreter'] = None\n"
+        "sys.modules['tflite_runtime'] = None\n"
+        "sys.modules['tflite_runtime.interpreter'] = None\n"
+        "from edge.interpreter import backend, InterpreterUnavailable\n"
+        "try:\n"
+        "    backend()\n"
+        "except InterpreterUnavailable as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pip install ai-edge-litert" in result.stdout and "tflite-runtime" in result.stdout
+
+
+def test_backend_prefers_ai_edge_litert():
+    assert tfl.backend().name == "ai_edge_litert"
