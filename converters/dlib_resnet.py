@@ -39,7 +39,11 @@ Alignment template
     eye (iBUG 36-41, 42-47), mouth corners = points 48 and 54. MTCNN's nose point is not a point of the 68-point
     scheme (it sits between the tip, 30, and the base, 33), so its place is found by align averaging: each
     train-faces face (MTCNN 1.0.0 landmarks, LFW-disjoint) is mapped onto the 4 eye/mouth template points by a
-    similarity transform and its nose lands somewhere; the template nose is the mean of those positions.
+    similarity transform and its nose lands somewhere; the template nose takes the mean height of those
+    positions, on the mirror axis of the (symmetric) mean face. Result (150×150 chip, x right, y down): eyes
+    (47.549, 46.599) and (100.476, 46.599), nose (74.013, 79.264), mouth (50.415, 103.023) and (97.61, 103.023);
+    the nose lies between dlib's tip (76.6) and base (87.8). Verification is insensitive to that choice: with the
+    nose at the tip or the base instead, same/different AUC on 320 unused train-faces crops moved by < 0.0001.
 
 Calibration and agreement use aligned train-faces crops only (a seeded subset; never LFW).
 """
@@ -420,10 +424,14 @@ def averaged_nose(landmarks: np.ndarray, eyes_mouth: np.ndarray) -> np.ndarray:
 
 
 def chip_template(landmarks: np.ndarray) -> np.ndarray:
-    """The 5-point template (doorface order) in the 150×150 chip; ``landmarks`` (N, 5, 2) place the nose."""
+    """The 5-point template (doorface order) in the 150×150 chip; ``landmarks`` (N, 5, 2) place the nose.
+
+    The nose keeps its averaged height; across, it sits on the face's mirror axis (dlib's mean face is symmetric,
+    a sideways mean is the data's pose bias).
+    """
     eyes_mouth = eyes_and_mouth_template()
-    template = np.insert(eyes_mouth, NOSE, averaged_nose(landmarks, eyes_mouth), axis=0)
-    return np.round(template, TEMPLATE_DECIMALS)
+    nose = np.array([eyes_mouth[:2, 0].mean(), averaged_nose(landmarks, eyes_mouth)[1]])
+    return np.round(np.insert(eyes_mouth, NOSE, nose, axis=0), TEMPLATE_DECIMALS)
 
 
 def split_faces(faces: list) -> tuple[list, list]:
@@ -527,7 +535,7 @@ def convert(out_dir: Path, cache: Optional[Path] = None, shared: Optional[Path] 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=7, desc="dlib_resnet", unit="step")
+    steps = tqdm(total=6, desc="dlib_resnet", unit="step")
 
     def step(label):
         steps.set_postfix_str(label)
