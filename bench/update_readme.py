@@ -21,6 +21,8 @@ BLOCKS = {
     "mtcnn_eval": ROOT / "reports" / "mtcnn_eval.md",
     "mtcnn_latency": ROOT / "bench" / "results" / "mtcnn_latency.md",
     "mtcnn_latency_door": ROOT / "bench" / "results" / "mtcnn_latency_door.md",
+    "embedder_latency": ROOT / "bench" / "results" / "embedder_latency.md",
+    "lfw_eval": ROOT / "reports" / "lfw_eval.md",
 }
 MANIFEST = ROOT / "quantized_models" / "manifest.json"
 

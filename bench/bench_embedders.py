@@ -1,0 +1,106 @@
+"""Embedder latency, float vs int8, 1 and 2 threads, with each model's MACs and parameter count.
+
+Every ``face_embedding`` model of the manifest is timed on real aligned faces (train-faces crops aligned with the
+model's own template), through the runtime's :class:`edge.embedder.Embedder`. No TensorFlow.
+
+    python -m bench.bench_embedders [--threads 1 2] [--invokes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bench.bench_mtcnn import _graph_interpreter, count_macs, machine_info
+from converters.datasets import load_train_faces
+from edge.embedder import Embedder
+from edge.image_io import load_image
+from edge.manifest import Manifest
+
+DEFAULT_OUT = Path("bench/results")
+NAME = "embedder_latency"
+DEFAULT_INVOKES = 50
+FACES = 16
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+MS = 1e3
+
+
+def parameter_count(content: bytes) -> int:
+    """Weights and biases of the conv / dense ops (what the FaceNet paper's 'params' counts)."""
+    interp = _graph_interpreter(content)
+    shapes = {int(d["index"]): d["shape"] for d in interp.get_tensor_details()}
+    total = 0
+    for op in interp._get_ops_details():
+        if op["op_name"] in WEIGHTED_OPS:
+            total += sum(int(np.prod(shapes[int(i)])) for i in list(op["inputs"])[1:] if int(i) >= 0)
+    return total
+
+
+def aligned_faces(embedder: Embedder) -> np.ndarray:
+    faces = load_train_faces()[:FACES]
+    return np.stack([embedder.align(load_image(f.path), f.landmarks) for f in faces])
+
+
+def time_model(entry, threads: int, invokes: int) -> dict:
+    embedder = Embedder(entry, num_threads=threads)
+    chips = aligned_faces(embedder)
+    embedder.embed_chips(chips[:2])  # warm-up
+    times = []
+    for i in range(invokes):
+        start = time.perf_counter()
+        embedder.embed_chips(chips[i % len(chips)][None])
+        times.append((time.perf_counter() - start) * MS)
+    return {"mean_ms": float(np.mean(times)), "median_ms": float(np.median(times)),
+            "p90_ms": float(np.percentile(times, 90))}
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--invokes", type=int, default=DEFAULT_INVOKES)
+    parser.add_argument("--models", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    manifest = Manifest.load(args.models)
+    keys = [k for k, e in sorted(manifest.models.items()) if e.task == "face_embedding"]
+    if not keys:
+        print(f"{manifest.path} lists no face_embedding model", file=sys.stderr)
+        return 1
+    rows = []
+    for key in keys:
+        entry = manifest.entry(key)
+        content = entry.read_verified()
+        macs = sum(count_macs(_graph_interpreter(content)).values())
+        row = {"key": key, "dtype": entry.input.dtype, "input": list(entry.input.shape), "macs": macs,
+               "params": parameter_count(content), "size_bytes": len(content), "threads": {}}
+        for threads in args.threads:
+            print(f"[bench] {key} × {threads} thread(s)", file=sys.stderr, flush=True)
+            row["threads"][str(threads)] = time_model(entry, threads, args.invokes)
+        rows.append(row)
+    report = {"machine": machine_info(), "invokes": args.invokes, "models": rows}
+    lines = [f"Embedder latency per aligned face ({args.invokes} invokes, median ms); {machine_info()['cpu_count']} "
+             "CPUs, XNNPACK. MACs and parameters from the model graph.", "",
+             "| model | input | dtype | MMAC | params (M) | size | " +
+             " | ".join(f"{t} thread{'s' if t > 1 else ''} ms" for t in args.threads) + " |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(args.threads)]
+    for row in rows:
+        size = "×".join(str(d) for d in row["input"][1:3])
+        cells = " | ".join(f"{row['threads'][str(t)]['median_ms']:.2f}" for t in args.threads)
+        lines.append(f"| `{row['key']}` | {size} | {row['dtype']} | {row['macs'] / 1e6:.0f} | "
+                     f"{row['params'] / 1e6:.2f} | {row['size_bytes'] / 2**20:.1f} MiB | {cells} |")
+    markdown = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"{NAME}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
