@@ -32,8 +32,13 @@ def models_table() -> str:
     models = json.loads(MANIFEST.read_text(encoding="utf-8"))["models"]
     rows = ["| key | file | input | dtype | size | int8 vs float (held-out) | card |", "|---|---|---|---|---|---|---|"]
     for key, entry in sorted(models.items()):
-        agree = entry.get("agreement", {}).get("int8_vs_float")
-        agree_text = f"mean abs diff of face prob {agree['face_prob_mean_abs_diff']:.4f}" if agree else "reference"
+        agreement = entry.get("agreement", {})
+        if "int8_vs_float" in agreement:
+            agree_text = f"face prob mean abs diff {agreement['int8_vs_float']['face_prob_mean_abs_diff']:.4f}"
+        elif "int8_vs_float_cosine_mean" in agreement:
+            agree_text = f"cosine to float {agreement['int8_vs_float_cosine_mean']:.4f} (mean)"
+        else:
+            agree_text = "float reference"
         shape = "×".join("any" if d < 0 else str(d) for d in entry["input"]["shape"])
         rows.append(f"| `{key}` | `{entry['file']}` | {shape} | {entry['input']['dtype']} | "
                     f"{entry['size_bytes'] / 1024:.0f} KiB | {agree_text} | [card](quantized_models/cards/{key}.md) |")
