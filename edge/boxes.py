@@ -91,28 +91,37 @@ def clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 BILINEAR_MAX_DOWNSCALE = 2.0
 
 
-def crop_resized(image: np.ndarray, boxes: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
+def crop_resized(
+    image: np.ndarray, boxes: np.ndarray, size: int, scale: tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
     """Crop each box out of ``image`` and resize it to ``size``×``size``.
 
-    ``boxes`` are in the pixels of the frame that ``image`` shows at ``scale`` (a pyramid level, or the frame
-    itself at 1.0); each is rounded to whole pixels of ``image``. Parts of a box outside the image are zero (black),
-    as in the original MTCNN, so faces cut by the frame edge keep their geometry. Returns (N, size, size, C).
+    ``boxes`` are in the pixels of the frame that ``image`` shows at ``scale`` = (x, y) (a pyramid level, or the
+    frame itself at (1, 1)). A box that shrinks by at most BILINEAR_MAX_DOWNSCALE is warped exactly, to the
+    sub-pixel (rounding it to whole level pixels would move the landmarks O-Net reads off it); a bigger shrink
+    area-averages the box rounded to whole pixels. Outside the image is black, as in the original MTCNN, so faces
+    cut by the frame edge keep their geometry. Returns (N, size, size, C).
     """
     height, width = image.shape[:2]
-    out = np.zeros((len(boxes), size, size, image.shape[2]), dtype=image.dtype)
-    rounded = np.round(np.asarray(boxes, dtype=np.float64) * scale).astype(np.int64)
-    for i, (x1, y1, x2, y2) in enumerate(rounded):
-        bw, bh = max(int(x2 - x1), 1), max(int(y2 - y1), 1)
-        sx1, sy1 = max(x1, 0), max(y1, 0)
-        sx2, sy2 = min(x1 + bw, width), min(y1 + bh, height)
+    channels = image.shape[2]
+    out = np.zeros((len(boxes), size, size, channels), dtype=image.dtype)
+    factors = np.array([scale[0], scale[1], scale[0], scale[1]], dtype=np.float64)
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=np.float64) * factors):
+        bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
+        if max(bw, bh) / size <= BILINEAR_MAX_DOWNSCALE:
+            kx, ky = size / bw, size / bh
+            # Pixel centres: crop pixel c samples image coordinate (c + 0.5) / k + x1 - 0.5.
+            matrix = np.array([[kx, 0.0, (0.5 - x1) * kx - 0.5], [0.0, ky, (0.5 - y1) * ky - 0.5]])
+            out[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(size, size, channels)
+            continue
+        ix1, iy1 = int(round(x1)), int(round(y1))
+        iw, ih = max(int(round(x2)) - ix1, 1), max(int(round(y2)) - iy1, 1)
+        sx1, sy1 = max(ix1, 0), max(iy1, 0)
+        sx2, sy2 = min(ix1 + iw, width), min(iy1 + ih, height)
         if sx2 <= sx1 or sy2 <= sy1:
             continue
-        if (sx1, sy1, sx2, sy2) == (x1, y1, x1 + bw, y1 + bh):
-            patch = image[sy1:sy2, sx1:sx2]
-        else:
-            patch = np.zeros((bh, bw, image.shape[2]), dtype=image.dtype)
-            patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
-        downscale = max(bw, bh) / size
-        interpolation = cv2.INTER_AREA if downscale > BILINEAR_MAX_DOWNSCALE else cv2.INTER_LINEAR
-        out[i] = cv2.resize(patch, (size, size), interpolation=interpolation).reshape(size, size, -1)
+        patch = np.zeros((ih, iw, channels), dtype=image.dtype)
+        patch[sy1 - iy1 : sy2 - iy1, sx1 - ix1 : sx2 - ix1] = image[sy1:sy2, sx1:sx2]
+        out[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, channels)
     return out

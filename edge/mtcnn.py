@@ -83,15 +83,21 @@ def pyramid_scales(height: int, width: int, params: CascadeParams = DEFAULT_PARA
     return scales
 
 
-def candidate_boxes(prob: np.ndarray, offsets: np.ndarray, scale: float, threshold: float) -> np.ndarray:
-    """P-Net cells above ``threshold`` as rows ``[x1, y1, x2, y2, score, dx1, dy1, dx2, dy2]`` in image pixels."""
+def candidate_boxes(prob: np.ndarray, offsets: np.ndarray, scale: tuple[float, float],
+                    threshold: float) -> np.ndarray:
+    """P-Net cells above ``threshold`` as rows ``[x1, y1, x2, y2, score, dx1, dy1, dx2, dy2]`` in image pixels.
+
+    ``scale`` is the level's (x, y) size ratio to the frame: a level is ``ceil(side × nominal scale)`` pixels, and
+    mapping with the nominal scale would shift every box towards the top left.
+    """
     ys, xs = np.nonzero(prob >= threshold)
     if ys.size == 0:
         return np.zeros((0, 9), dtype=np.float64)
-    x1 = xs * PNET_STRIDE / scale
-    y1 = ys * PNET_STRIDE / scale
-    side = PNET_CELL_SIZE / scale
-    return np.column_stack([x1, y1, x1 + side, y1 + side, prob[ys, xs], offsets[ys, xs]]).astype(np.float64)
+    sx, sy = scale
+    x1 = xs * PNET_STRIDE / sx
+    y1 = ys * PNET_STRIDE / sy
+    return np.column_stack([x1, y1, x1 + PNET_CELL_SIZE / sx, y1 + PNET_CELL_SIZE / sy, prob[ys, xs],
+                            offsets[ys, xs]]).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ class Pyramid:
     def for_pnet(self) -> tuple:
         return self.levels[len(self.levels) - self.pnet_levels:]
 
+    def actual_scale(self, level: np.ndarray) -> tuple[float, float]:
+        """A level's true (x, y) size ratio to the frame (levels are rounded up to whole pixels)."""
+        frame = self.levels[0][1]
+        return level.shape[1] / frame.shape[1], level.shape[0] / frame.shape[0]
+
     def crops(self, boxes: np.ndarray, size: int) -> np.ndarray:
         """Square crops (N, size, size, 3) of frame-pixel boxes, each cut from the best level."""
         out = np.zeros((len(boxes), size, size, 3), dtype=np.uint8)
@@ -132,18 +143,18 @@ class Pyramid:
         # The smallest level whose scale still keeps the box >= size (levels are in decreasing scale).
         choice = np.clip(np.searchsorted(-scales, -wanted, side="right") - 1, 0, len(scales) - 1)
         for index in np.unique(choice):
-            scale, level = self.levels[index]
+            level = self.levels[index][1]
             mask = choice == index
-            out[mask] = bx.crop_resized(level, boxes[mask], size, scale)
+            out[mask] = bx.crop_resized(level, boxes[mask], size, self.actual_scale(level))
         return out
 
 
 def propose(pyramid: Pyramid, pnet: PNetRunner, params: CascadeParams) -> np.ndarray:
     """Stage 1: P-Net over the pyramid → square candidate boxes (N, 4) with scores (N,) as column 4."""
     per_scale = []
-    for scale, level in pyramid.for_pnet():
+    for _, level in pyramid.for_pnet():
         prob, offsets = pnet(level)
-        cand = candidate_boxes(prob, offsets, scale, params.pnet_threshold)
+        cand = candidate_boxes(prob, offsets, pyramid.actual_scale(level), params.pnet_threshold)
         if len(cand):
             cand = cand[bx.nms(cand[:, :4], cand[:, 4], params.pnet_nms_per_scale)]
             per_scale.append(cand)
