@@ -104,7 +104,8 @@ class TimedRunner:
 
     def __init__(self, runner: Callable[[np.ndarray], Any]):
         self.runner = runner
-        self.shapes: set[tuple[int, ...]] = set()
+        self.shape_ms: dict[tuple[int, ...], list[float]] = {}
+        """Milliseconds of every timed call, by input shape (P-Net: by pyramid level)."""
         self.reset()
 
     def reset(self) -> None:
@@ -112,14 +113,22 @@ class TimedRunner:
         self.calls = 0
         self.items = 0
 
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return sorted(self.shape_ms)
+
     def __call__(self, array: np.ndarray) -> Any:
         start = time.perf_counter()
         out = self.runner(array)
-        self.seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
         self.calls += 1
         self.items += len(array) if array.ndim == 4 else 1
-        self.shapes.add(tuple(array.shape))
+        self.shape_ms.setdefault(tuple(array.shape), []).append(elapsed * MS)
         return out
+
+    def clear_history(self) -> None:
+        self.shape_ms = {shape: [] for shape in self.shape_ms}
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -154,6 +163,8 @@ class ConfigBench:
         self.first_frame_ms = (time.perf_counter() - start) * MS
         for frame in frames[1:]:
             self.detector(frame)
+        for timer in self.timers.values():
+            timer.clear_history()
 
     def timed_pass(self, frames: list[np.ndarray]) -> None:
         for frame in frames:
@@ -171,7 +182,7 @@ class ConfigBench:
         self.passes += 1
 
     def result(self) -> dict:
-        pnet_shapes = self.timers["pnet"].shapes
+        pnet = self.timers["pnet"]
         return {
             "variant": self.variant,
             "keys": list(self.keys),
@@ -183,8 +194,13 @@ class ConfigBench:
             "faces_per_frame": float(np.mean(self.per_frame["faces"])),
             "rnet_crops_per_frame": float(np.mean(self.per_frame["rnet_crops"])),
             "onet_crops_per_frame": float(np.mean(self.per_frame["onet_crops"])),
-            "pnet_calls_per_frame": len(pnet_shapes),
-            "pnet_shapes": sorted(list(shape) for shape in pnet_shapes),
+            "pnet_calls_per_frame": len(pnet.shapes),
+            "pnet_shapes": [list(shape) for shape in pnet.shapes],
+            "pnet_level_ms": [
+                {"shape": list(shape), **_stats(pnet.shape_ms[shape])}
+                for shape in sorted(pnet.shapes, key=lambda shape: -shape[0] * shape[1])
+                if pnet.shape_ms[shape]
+            ],
             "per_frame_ms": {key: self.per_frame[key] for key in (*STAGES, "total")},
         }
 

@@ -349,7 +349,8 @@ def gallery(paths: Sequence[Path], detector) -> np.ndarray:
     for path in tqdm(paths, desc="gallery", unit="img"):
         image = load_image(path)
         found = detector(image)
-        tiles.append(_tile(draw_detections(image, found), f"{_display(path)}: {len(found)} faces (int8)"))
+        plural = "" if len(found) == 1 else "s"
+        tiles.append(_tile(draw_detections(image, found), f"{_display(path)}: {len(found)} face{plural} (int8)"))
     blank = np.full((GALLERY_CELL[1], GALLERY_CELL[0], 3), GALLERY_BACKGROUND, dtype=np.uint8)
     tiles += [blank] * (GALLERY_ROWS * GALLERY_COLS - len(tiles))
     rows = [np.hstack(tiles[r * GALLERY_COLS : (r + 1) * GALLERY_COLS]) for r in range(GALLERY_ROWS)]
