@@ -79,44 +79,58 @@ def _cache_file(kind: str, *digests: str) -> Path:
     return folder / f"{kind}-{'-'.join(d[:16] for d in digests)}.npz"
 
 
+def _load_cache(path: Path) -> dict:
+    """name → row of a per-image cache file (empty when absent)."""
+    if not path.is_file():
+        return {}
+    data = np.load(path, allow_pickle=False)
+    if "values" not in data.files:  # an older cache layout: recompute rather than misread it
+        return {}
+    return dict(zip(data["names"].tolist(), data["values"]))
+
+
+def _save_cache(path: Path, table: dict) -> None:
+    names = sorted(table)
+    np.savez(path, names=np.asarray(names), values=np.stack([table[n] for n in names]))
+
+
 def detect_landmarks(names: Sequence[str], image_root: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 5, 2) centre-face landmarks and an (N,) mask of images where a face was found (cached)."""
-    digests = [manifest.entry(k).sha256 for k in MTCNN_KEYS]
-    cache = _cache_file("landmarks", *digests)
-    if cache.is_file():
-        data = np.load(cache, allow_pickle=False)
-        if list(data["names"]) == list(names):
-            return data["landmarks"], data["found"]
-    detector = MtcnnDetector.from_manifest(manifest, num_threads=NUM_THREADS)
-    landmarks = np.zeros((len(names), 5, 2), np.float32)
-    found = np.zeros(len(names), bool)
-    for i, name in enumerate(tqdm(names, desc="LFW detect", unit="img")):
-        image = load_image(image_root / name)
-        result = detector(image)
-        idx = centre_face_index(result.boxes, image.shape)
-        if idx is not None:
-            landmarks[i], found[i] = result.landmarks[idx], True
-    if found.any():
-        landmarks[~found] = np.median(landmarks[found], axis=0)
-    np.savez(cache, names=np.asarray(names), landmarks=landmarks, found=found)
+    """(N, 5, 2) centre-face landmarks and an (N,) mask of images where a face was found (cached per image)."""
+    cache = _cache_file("landmarks", *(manifest.entry(k).sha256 for k in MTCNN_KEYS))
+    table = _load_cache(cache)  # name -> 11 values: found flag + 5 × (x, y)
+    missing = [n for n in names if n not in table]
+    if missing:
+        detector = MtcnnDetector.from_manifest(manifest, num_threads=NUM_THREADS)
+        for name in tqdm(missing, desc="LFW detect", unit="img"):
+            image = load_image(image_root / name)
+            result = detector(image)
+            idx = centre_face_index(result.boxes, image.shape)
+            row = np.zeros(11, np.float32)
+            if idx is not None:
+                row[0], row[1:] = 1.0, result.landmarks[idx].reshape(-1)
+            table[name] = row
+        _save_cache(cache, table)
+    rows = np.stack([table[n] for n in names])
+    found = rows[:, 0] > 0
+    landmarks = rows[:, 1:].reshape(-1, 5, 2)
+    if found.any():  # the centre-crop fallback: where LFW's detected faces sit on average
+        landmarks[~found] = np.median(np.stack([v[1:] for v in table.values() if v[0] > 0]), axis=0).reshape(5, 2)
     return landmarks, found
 
 
 def embed_all(key: str, names: Sequence[str], landmarks: np.ndarray, image_root: Path, manifest: Manifest,
               detector_digest: str) -> np.ndarray:
-    """(N, dim) unit embeddings of every image with one embedder (cached by model + detector sha256)."""
+    """(N, dim) unit embeddings of every image with one embedder (cached per image by model + detector sha256)."""
     entry = manifest.entry(key)
     cache = _cache_file(f"emb-{key}", entry.sha256, detector_digest)
-    if cache.is_file():
-        data = np.load(cache, allow_pickle=False)
-        if list(data["names"]) == list(names):
-            return data["embeddings"]
-    embedder = Embedder(entry, num_threads=NUM_THREADS)
-    out = np.zeros((len(names), embedder.spec.dim), np.float32)
-    for i, name in enumerate(tqdm(names, desc=f"LFW embed {key}", unit="img")):
-        out[i] = embedder(load_image(image_root / name), landmarks[i])[0]
-    np.savez(cache, names=np.asarray(names), embeddings=out)
-    return out
+    table = _load_cache(cache)
+    missing = [(i, n) for i, n in enumerate(names) if n not in table]
+    if missing:
+        embedder = Embedder(entry, num_threads=NUM_THREADS)
+        for i, name in tqdm(missing, desc=f"LFW embed {key}", unit="img"):
+            table[name] = embedder(load_image(image_root / name), landmarks[i])[0]
+        _save_cache(cache, table)
+    return np.stack([table[n] for n in names]).astype(np.float32)
 
 
 def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
