@@ -17,13 +17,14 @@ EXIT_SOME_INPUTS_FAILED = 1
 EXIT_SETUP_ERROR = 2
 
 
-def _load_detector(args):
+def _load_detector(args, device=None):
     from edge.config import load_config
     from edge.detector import MtcnnDetector
     from edge.manifest import Manifest
 
     config = load_config(args.device_config, args.config)
     detector_cfg = config.detector
+    device = device or detector_cfg.device
     threads = args.threads or detector_cfg.num_threads
     manifest = Manifest.load(Path(config.models_dir) if config.models_dir else None)
     params = detector_cfg.cascade_params()
@@ -31,7 +32,7 @@ def _load_detector(args):
         from dataclasses import replace
 
         params = replace(params, min_face_size=args.min_face_size)
-    return MtcnnDetector.from_manifest(manifest, num_threads=threads, device=detector_cfg.device, params=params)
+    return MtcnnDetector.from_manifest(manifest, num_threads=threads, device=device, params=params)
 
 
 def _cmd_detect(args) -> int:
@@ -79,14 +80,15 @@ def _cmd_compare(args) -> int:
     from edge.config import load_config
     from edge.embedder import Embedder, distance
     from edge.image_io import ImageError, load_image
+    from edge.interpreter import resolve_device
     from edge.manifest import Manifest
 
     config = load_config(args.device_config, args.config)
     manifest = Manifest.load(Path(config.models_dir) if config.models_dir else None)
     key = args.model or config.embedder.model
-    embedder = Embedder(manifest.entry(key), num_threads=args.threads or config.embedder.num_threads,
-                        device=config.detector.device)
-    detector = _load_detector(args)
+    device = resolve_device(config.detector.device)  # one warning, not one per interpreter, if it is absent
+    embedder = Embedder(manifest.entry(key), num_threads=args.threads or config.embedder.num_threads, device=device)
+    detector = _load_detector(args, device)
     threshold = _embedder_threshold(manifest.entry(key), config.embedder.threshold)
     faces, vectors, failures = [], [], 0
     for path in args.images:

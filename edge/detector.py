@@ -136,6 +136,7 @@ class MtcnnDetector:
         keys: tuple[str, str, str] = MTCNN_KEYS,
     ) -> MtcnnDetector:
         manifest = manifest or Manifest.load()
+        device = tfl.resolve_device(device)
         models = [_Model(manifest.entry(k), num_threads, device) for k in keys]
         return cls(
             pnet=PNet(models[0]),

@@ -72,6 +72,28 @@ def parse_device(device: str) -> Optional[dict]:
     )
 
 
+def resolve_device(device: str) -> str:
+    """``device`` if it can be used here, else ``cpu`` after one warning that says what to install.
+
+    Callers that build many interpreters (one per P-Net pyramid shape) resolve once, so the user sees one line.
+    """
+    options = parse_device(device)
+    if options is None:
+        return CPU
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+        backend().load_delegate(EDGETPU_LIBRARY, options)
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.warning(
+            "EdgeTPU requested (%s) but not usable (%s); running on the CPU. Install the Coral runtime "
+            "(`apt install libedgetpu1-std`), plug the accelerator in, and use an *_edgetpu.tflite model.",
+            device,
+            exc,
+        )
+        return CPU
+    return device
+
+
 def make_interpreter(
     model: Union[str, Path, bytes],
     *,

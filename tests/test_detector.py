@@ -135,6 +135,14 @@ def test_edgetpu_absent_falls_back_to_cpu_with_one_warning(caplog):
         tfl.make_interpreter(entry.read_verified(), device="gpu")
 
 
+def test_detector_on_absent_edgetpu_warns_once_and_runs(caplog, shared_data):
+    with caplog.at_level(logging.WARNING, logger="edge.interpreter"):
+        detector = MtcnnDetector.from_manifest(device="edgetpu", num_threads=1)
+        result = detector(load_image(shared_data / "group-photos" / "sample1.jpg"))  # builds ~10 P-Net interpreters
+    assert len(result) >= 3
+    assert len([r for r in caplog.records if "EdgeTPU" in r.getMessage()]) == 1
+
+
 def test_quantize_widens_and_saturates():
     spec = tfl.TensorSpec(0, "x", (3,), np.dtype(np.int8), scale=0.5, zero_point=-100)
     raw = np.array([-128, 127, 0], np.int8)
