@@ -62,7 +62,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    model: str = _field("mobilefacenet", "manifest key of the face embedder (e.g. mobilefacenet, dlib_resnet)")
+    model: str = _field("dlib_resnet", "manifest key of the face embedder (a face_embedding model of the manifest)")
     num_threads: int = _field(2, "CPU threads for the embedder interpreter", low=1, high=16)
     threshold: str = _field("far_1e-3", "which LFW threshold of the manifest decides 'same person'",
                             choices=("far_1e-3", "best_accuracy"))
