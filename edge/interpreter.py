@@ -72,17 +72,12 @@ def parse_device(device: str) -> Optional[dict]:
     )
 
 
-def resolve_device(device: str) -> str:
-    """``device`` if it can be used here, else ``cpu`` after one warning that says what to install.
-
-    Callers that build many interpreters (one per P-Net pyramid shape) resolve once, so the user sees one line.
-    """
-    options = parse_device(device)
-    if options is None:
-        return CPU
+def _edgetpu_delegate(device: str, options: dict) -> Optional[Any]:
+    """The EdgeTPU delegate, or None after one warning that says what to install."""
     try:
+        # Probe first: litert's Delegate object, half-built when the library is absent, fails again in __del__.
         ctypes.CDLL(EDGETPU_LIBRARY)
-        backend().load_delegate(EDGETPU_LIBRARY, options)
+        return backend().load_delegate(EDGETPU_LIBRARY, options)
     except (OSError, ValueError, RuntimeError) as exc:
         log.warning(
             "EdgeTPU requested (%s) but not usable (%s); running on the CPU. Install the Coral runtime "
@@ -90,6 +85,16 @@ def resolve_device(device: str) -> str:
             device,
             exc,
         )
+        return None
+
+
+def resolve_device(device: str) -> str:
+    """``device`` if it can be used here, else ``cpu`` after one warning that says what to install.
+
+    Callers that build many interpreters (one per P-Net pyramid shape) resolve once, so the user sees one line.
+    """
+    options = parse_device(device)
+    if options is None or _edgetpu_delegate(device, options) is None:
         return CPU
     return device
 
@@ -108,20 +113,9 @@ def make_interpreter(
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     be = backend()
-    delegates = []
     options = parse_device(device)
-    if options is not None:
-        try:
-            # Probe first: litert's Delegate object, half-built when the library is absent, fails again in __del__.
-            ctypes.CDLL(EDGETPU_LIBRARY)
-            delegates.append(be.load_delegate(EDGETPU_LIBRARY, options))
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.warning(
-                "EdgeTPU requested (%s) but not usable (%s); running on the CPU. Install the Coral runtime "
-                "(`apt install libedgetpu1-std`), plug the accelerator in, and use an *_edgetpu.tflite model.",
-                device,
-                exc,
-            )
+    delegate = _edgetpu_delegate(device, options) if options is not None else None
+    delegates = [delegate] if delegate is not None else []
     source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
     return be.interpreter_class(**source, num_threads=num_threads, experimental_delegates=delegates or None)
 
