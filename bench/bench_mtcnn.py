@@ -358,15 +358,17 @@ def render_markdown(report: dict) -> str:
     int8 = [c for c in report["configs"] if c["variant"] == INT8]
     if int8:
         gmacs = report["gmacs_per_core"]
-        header = "| stage | int8 MMAC/frame | floor ms @1 thread |"
-        rule = "|---|---:|---:|"
+        floats = [c for c in report["configs"] if c["variant"] != INT8 and "floor" in c]
+        header = "| stage | int8 MMAC/frame |" + (" float MMAC/frame |" if floats else "") + " floor ms @1 thread |"
+        rule = "|---|---:|" + ("---:|" if floats else "") + "---:|"
         for config in int8:
             header += f" measured ms @{config['threads']}t | measured/floor @{config['threads']}t |"
             rule += "---:|---:|"
         lines += [
             "",
             f"int8 MACs per frame (R-Net / O-Net: per crop × mean crops of the int8 run) against a floor of "
-            f"{gmacs:g} GMAC/s per core; the floor at N threads is the 1-thread floor / N.",
+            f"{gmacs:g} GMAC/s per core; the floor at N threads is the 1-thread floor / N. The float column is the "
+            "float graphs' MACs (their own crop counts), for comparison.",
             "",
             header,
             rule,
@@ -374,7 +376,10 @@ def render_markdown(report: dict) -> str:
         for stage in (*STAGES, "total"):
             first = int8[0]["floor"][stage]
             floor_1t = first["floor_ms"] * int8[0]["threads"]
-            row = f"| {stage} | {_fmt(first['macs_per_frame'] / MEGA, 1)} | {_fmt(floor_1t, 3)} |"
+            row = f"| {stage} | {_fmt(first['macs_per_frame'] / MEGA, 1)} |"
+            if floats:
+                row += f" {_fmt(floats[0]['floor'][stage]['macs_per_frame'] / MEGA, 1)} |"
+            row += f" {_fmt(floor_1t, 3)} |"
             for config in int8:
                 f = config["floor"][stage]
                 row += f" {_fmt(f['measured_ms'])} | {_fmt(f['measured_over_floor'], 1)}× |"
