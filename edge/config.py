@@ -8,6 +8,8 @@ wrong types and out-of-range values with an error that names the file and the do
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -68,12 +70,135 @@ class EmbedderConfig:
                             choices=("far_1e-3", "best_accuracy"))
 
 
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+DATA_DIR_ENV = "DOORFACE_HOME"
+
+
+def default_data_dir() -> Path:
+    """Where the gallery and the event queue live: ``$DOORFACE_HOME`` or ``~/.local/share/doorface``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "doorface"
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str = _field("door", "camera id used in MQTT topics and Home Assistant ids ([A-Za-z0-9_-])")
+    source: str = _field("0", "'picamera2[:N]', an OpenCV device index, an rtsp:// or http(s):// URL, a video "
+                              "file or a folder of images")
+    width: int = _field(640, "frames are scaled down to fit width x height (live cameras are asked for it)",
+                        low=64, high=8192)
+    height: int = _field(480, "see width", low=64, high=8192)
+    reconnect_max_delay: float = _field(30.0, "longest wait between reconnect attempts of a live source, seconds",
+                                        low=0.1, high=3600.0)
+
+    def __post_init__(self) -> None:
+        if not ID_PATTERN.match(self.name):
+            raise ConfigError(f"camera.name: only letters, digits, '_' and '-' are allowed, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    min_face_size: float = _field(40.0, "smallest face side (px) worth embedding; smaller faces are tracked only",
+                                  low=8.0, high=4000.0)
+    min_sharpness: float = _field(15.0, "variance of the Laplacian of the aligned face below which it is too "
+                                        "blurred to embed", low=0.0, high=10000.0)
+    max_yaw: float = _field(0.45, "largest left/right turn, as the nose offset from the eyes' midline over the "
+                                  "eye distance (0 = frontal)", low=0.0, high=2.0)
+    max_pitch: float = _field(0.5, "largest up/down tilt, as the deviation of the nose height from a frontal "
+                                   "face's, over the eye-to-mouth distance", low=0.0, high=2.0)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    detect_every: int = _field(1, "run the detector every k-th frame; tracks carry the faces in between",
+                               low=1, high=30)
+    iou_threshold: float = _field(0.3, "smallest box overlap to continue a track", low=0.0, high=1.0)
+    max_missed: int = _field(12, "frames a track survives without a detection", low=1, high=1000)
+    min_votes: int = _field(3, "matching frames needed before a 'recognized' event", low=1, high=100)
+    vote_fraction: float = _field(0.6, "share of a track's embedded frames that must agree on one person",
+                                  low=0.0, high=1.0)
+    unknown_after: int = _field(8, "embedded frames without a confident match before an 'unknown' event",
+                                low=1, high=1000)
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    margin: float = _field(0.02, "smallest distance gap between the best and second-best person to accept the "
+                                 "best", low=0.0, high=2.0)
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    path: Optional[str] = _field(None, "SQLite gallery file (default: $DOORFACE_HOME/gallery.sqlite)")
+    thumbnails: bool = _field(True, "keep a small face thumbnail per enrolled photo, for checking enrollments")
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else default_data_dir() / "gallery.sqlite"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _field(True, "publish events over MQTT")
+    host: str = _field("127.0.0.1", "broker host name or address")
+    port: int = _field(1883, "broker port (8883 is the usual TLS port)", low=1, high=65535)
+    prefix: str = _field("doorface", "topic prefix: <prefix>/<camera>/recognized, .../unknown, ...")
+    client_id: Optional[str] = _field(None, "MQTT client id (default: doorface-<camera>)")
+    username: Optional[str] = _field(None, "broker user name")
+    password_env: str = _field("DOORFACE_MQTT_PASSWORD", "environment variable holding the broker password")
+    password_file: Optional[str] = _field(None, "file holding the broker password (used when the variable is unset)")
+    tls_ca_file: Optional[str] = _field(None, "CA certificate (PEM); setting it turns TLS on")
+    tls_cert_file: Optional[str] = _field(None, "client certificate (PEM), for brokers that require one")
+    tls_key_file: Optional[str] = _field(None, "client key (PEM) of tls_cert_file")
+    keepalive: int = _field(30, "seconds between keep-alive pings", low=5, high=3600)
+    discovery: bool = _field(True, "publish Home Assistant MQTT discovery configs")
+    discovery_prefix: str = _field("homeassistant", "Home Assistant's discovery prefix")
+    publish_crops: bool = _field(False, "also publish the face crop of each event (by default no face image "
+                                        "leaves the device)")
+    presence_off_delay: float = _field(300.0, "seconds a person's presence sensor stays on after a sighting",
+                                       low=1.0, high=86400.0)
+    queue_path: Optional[str] = _field(None, "on-disk queue of undelivered events (default: "
+                                             "$DOORFACE_HOME/outbox.sqlite)")
+    queue_max_events: int = _field(10000, "bound of the queue; the oldest events are dropped beyond it",
+                                   low=10, high=10_000_000)
+
+    def __post_init__(self) -> None:
+        for key in ("prefix", "discovery_prefix"):
+            value = getattr(self, key)
+            if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+                raise ConfigError(f"mqtt.{key}: must be a topic without wildcards or leading/trailing '/', "
+                                  f"got {value!r}")
+        if self.tls_cert_file and not self.tls_key_file:
+            raise ConfigError("mqtt.tls_key_file: required with tls_cert_file")
+
+    def resolved_queue_path(self) -> Path:
+        return Path(self.queue_path).expanduser() if self.queue_path else default_data_dir() / "outbox.sqlite"
+
+    def password(self) -> Optional[str]:
+        """The broker password from the environment, else from password_file; never logged."""
+        value = os.environ.get(self.password_env)
+        if value:
+            return value
+        if self.password_file:
+            path = Path(self.password_file).expanduser()
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc.strerror}") from None
+        return None
+
+
 @dataclass(frozen=True)
 class Config:
     device_name: str = _field(DEFAULT_DEVICE, "which device_configs/<name>.yaml this came from")
     models_dir: Optional[str] = _field(None, "folder holding manifest.json (default: the bundled models)")
     detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={"description": "face detection"})
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig, metadata={"description": "face embedding"})
+    camera: CameraConfig = field(default_factory=CameraConfig, metadata={"description": "frame source"})
+    quality: QualityConfig = field(default_factory=QualityConfig, metadata={"description": "which faces to embed"})
+    tracker: TrackerConfig = field(default_factory=TrackerConfig, metadata={"description": "tracks and votes"})
+    match: MatchConfig = field(default_factory=MatchConfig, metadata={"description": "gallery matching"})
+    gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"description": "enrolled persons"})
+    mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"description": "MQTT and Home Assistant"})
 
 
 def _type_name(tp: Any) -> str:
