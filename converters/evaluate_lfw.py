@@ -167,6 +167,26 @@ def threshold_at_far(distances: np.ndarray, same: np.ndarray, far: float = TARGE
     return threshold, float(np.mean(distances[same] <= threshold))
 
 
+def fit_calibration(distances: np.ndarray, same: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Logistic fit P(same | distance) = 1 / (1 + exp(-(intercept + slope * distance))) by Newton's method.
+
+    LFW has as many same as different pairs, so this is the probability under equal priors. The runtime reports it
+    as an event's confidence; its meaning is documented in the README.
+    """
+    x = np.stack([np.ones_like(distances, dtype=np.float64), distances.astype(np.float64)], axis=1)
+    y = same.astype(np.float64)
+    w = np.zeros(2)
+    ridge = 1e-6 * np.eye(2)  # separable data would otherwise let the slope grow without bound
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -60, 60)))
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge
+        step = np.linalg.solve(hessian, x.T @ (y - p) - ridge @ w)
+        w += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(w[1]), float(w[0])
+
+
 def ten_fold(distances: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     accuracies, thresholds = [], []
     for fold in range(FOLDS):
@@ -176,7 +196,9 @@ def ten_fold(distances: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict
         thresholds.append(threshold)
     best, best_acc = best_threshold(distances, same)
     far_threshold, tar = threshold_at_far(distances, same)
+    slope, intercept = fit_calibration(distances, same)
     return {
+        "calibration": {"slope": slope, "intercept": intercept},
         "accuracy_mean": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),
         "fold_accuracies": accuracies,
@@ -266,6 +288,8 @@ def record_in_manifest(results: dict, manifest: Manifest) -> None:
         entry["thresholds"] = {
             "best_accuracy": round(r["threshold_best_accuracy"], 6),
             "far_1e-3": round(r["threshold_far_1e-3"], 6),
+            # P(same person | distance) = 1 / (1 + exp(-(intercept + slope * distance))), equal priors
+            "calibration": {k: round(v, 4) for k, v in r["calibration"].items()},
             "metric": "cosine distance (1 - cos) of L2-normalised embeddings; same person if <= threshold",
             "from": "LFW View-2, 6000 pairs, our int8 MTCNN + alignment",
         }

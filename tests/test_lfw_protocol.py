@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from converters import evaluate_lfw
 from converters.evaluate_lfw import best_threshold, load_pairs, roc_auc, ten_fold, threshold_at_far
 
 
@@ -56,3 +57,13 @@ def test_ten_fold_uses_held_out_thresholds():
     result = ten_fold(d, same, folds)
     assert len(result["fold_accuracies"]) == 10 and 0.9 < result["accuracy_mean"] <= 1.0
     assert result["same_distance_mean"] < result["different_distance_mean"]
+
+
+def test_fit_calibration_recovers_a_known_logistic():
+    rng = np.random.default_rng(0)
+    distances = rng.uniform(0.0, 0.3, 20000)
+    slope, intercept = -60.0, 4.6
+    same = rng.random(len(distances)) < 1.0 / (1.0 + np.exp(-(intercept + slope * distances)))
+    fitted_slope, fitted_intercept = evaluate_lfw.fit_calibration(distances, same)
+    assert abs(fitted_slope - slope) < 3.0
+    assert abs(fitted_intercept - intercept) < 0.3
