@@ -132,6 +132,229 @@ def _cmd_compare(args) -> int:
     return EXIT_SOME_INPUTS_FAILED if failures else EXIT_OK
 
 
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+SUMMARY_STAGES = ("detect", "align", "embed", "match", "track")
+
+
+def _load_runtime_config(args):
+    """The config with the command line's overrides (--source, --gallery, --no-mqtt) applied."""
+    from dataclasses import replace
+
+    from edge.config import load_config
+
+    config = load_config(args.device_config, args.config)
+    if getattr(args, "source", None):
+        config = replace(config, camera=replace(config.camera, source=str(args.source)))
+    if getattr(args, "gallery", None):
+        config = replace(config, gallery=replace(config.gallery, path=str(args.gallery)))
+    if getattr(args, "no_mqtt", False):
+        config = replace(config, mqtt=replace(config.mqtt, enabled=False))
+    return config
+
+
+def _embedder_spec(config):
+    from edge.embedder import EmbedderSpec
+    from edge.manifest import Manifest
+
+    return EmbedderSpec.from_entry(Manifest.load(config.models_dir).entry(config.embedder.model))
+
+
+def _print_event(event) -> None:
+    print(json.dumps(event.to_payload()), flush=True)
+
+
+def _print_summary(summary, recognizer) -> None:
+    stats = recognizer.stats()
+    stages = stats["ms_per_detected_frame"]
+    counts = stats["counts"]
+    rejected = {k[len("rejected_"):]: v for k, v in counts.items() if k.startswith("rejected_")}
+    print(f"doorface: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
+          f"{summary.events} events; ms per detection frame: "
+          + ", ".join(f"{k} {stages[k]:.1f}" for k in SUMMARY_STAGES)
+          + f"; faces {counts.get('faces', 0)}, embedded {counts.get('embedded', 0)}"
+          + (", rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else ""),
+          file=sys.stderr)
+
+
+def _install_stop_handlers(stop) -> None:
+    import signal
+
+    def handler(signum, _frame):
+        log.warning("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_run(args) -> int:
+    import threading
+
+    from edge.runner import build_recognizer, load_models, open_gallery, run
+    from edge.sources import open_source
+
+    config = _load_runtime_config(args)
+    models = load_models(config, threads=args.threads)
+    gallery = open_gallery(config, models.embedder.spec)
+    mqtt = config.mqtt
+    recognizer = build_recognizer(config, models, gallery, keep_crops=mqtt.enabled and mqtt.publish_crops)
+    persons = [p.name for p in gallery.persons()]
+    gallery.close()
+    sinks = []
+    publisher = None
+    if mqtt.enabled:
+        from edge.mqtt import MqttPublisher
+        from edge.outbox import Outbox
+
+        outbox = Outbox.open(mqtt.resolved_queue_path(), mqtt.queue_max_events)
+        publisher = MqttPublisher(mqtt, config.camera.name, outbox, persons)
+        publisher.start()
+        if not publisher.wait_connected(args.connect_timeout):
+            log.warning("MQTT broker %s:%d not reachable yet; events are queued on disk in %s and sent once it is",
+                        mqtt.host, mqtt.port, mqtt.resolved_queue_path())
+        sinks.append(publisher.publish_event)
+    if args.print_events or publisher is None:
+        sinks.append(_print_event)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    cam = config.camera
+    try:
+        with open_source(cam.source, width=cam.width, height=cam.height,
+                         reconnect_max_delay=cam.reconnect_max_delay) as source:
+            summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames)
+    finally:
+        if publisher is not None:
+            if not publisher.flush(args.flush_timeout):
+                log.warning("%d messages not delivered yet; they stay queued in %s for the next start",
+                            publisher.stats.queued, mqtt.resolved_queue_path())
+            publisher.stop()
+    _print_summary(summary, recognizer)
+    return EXIT_OK
+
+
+def _report_enrollment(report, *, from_photos: bool) -> int:
+    for outcome in report.outcomes:
+        mark = "+" if outcome.status == "enrolled" else "-"
+        print(f"  {mark} {outcome.source}: {outcome.message}", file=sys.stderr)
+    if report.enrolled == 0:
+        print(f"doorface: error: nothing enrolled for {report.name!r}: no usable face in the inputs "
+              "(one clear, frontal face per photo, at least min face size)", file=sys.stderr)
+        return EXIT_SOME_INPUTS_FAILED
+    person = report.person
+    print(f"enrolled {report.name!r}: {report.enrolled} new face(s), {person.embeddings} in total", file=sys.stderr)
+    skipped = len(report.outcomes) - report.enrolled
+    # Skipped video frames are expected (no face, several faces); a skipped photo is an input the user must fix.
+    return EXIT_SOME_INPUTS_FAILED if skipped and from_photos else EXIT_OK
+
+
+def _cmd_enroll(args) -> int:
+    from edge.enroll import enroll_frames, enroll_photos
+    from edge.runner import load_models, open_gallery
+
+    if not args.photos and not args.video:
+        print("doorface: error: give photos/folders or --video SOURCE", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    config = _load_runtime_config(args)
+    models = load_models(config, threads=args.threads)
+    quality = config.quality
+    with open_gallery(config, models.embedder.spec) as gallery:
+        if args.photos:
+            report = enroll_photos(gallery, args.name, args.photos, models.detector, models.embedder,
+                                   min_face_size=quality.min_face_size, thumbnails=config.gallery.thumbnails)
+        else:
+            from edge.sources import open_source
+
+            cam = config.camera
+            with open_source(args.video, width=cam.width, height=cam.height,
+                             reconnect_max_delay=cam.reconnect_max_delay) as source:
+                frames = ((f"{source.name}#{f.index}", f.image) for f in _limited(source, args.seconds))
+                report = enroll_frames(gallery, args.name, frames, models.detector, models.embedder,
+                                       max_samples=args.samples, min_face_size=quality.min_face_size,
+                                       thumbnails=config.gallery.thumbnails)
+    return _report_enrollment(report, from_photos=bool(args.photos))
+
+
+def _limited(source, seconds: float):
+    """Frames of a source for at most ``seconds`` of wall time (a live camera never ends by itself)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    for frame in source.frames():
+        yield frame
+        if time.monotonic() > deadline:
+            return
+
+
+def _cmd_people(args) -> int:
+    from edge.runner import open_gallery
+
+    config = _load_runtime_config(args)
+    spec = _embedder_spec(config)
+    with open_gallery(config, spec, create=args.action == "list") as gallery:
+        if args.action == "list":
+            persons = gallery.persons()
+            if args.json:
+                print(json.dumps({"gallery": str(gallery.path), "embedder": spec.key,
+                                  "persons": [{"name": p.name, "embeddings": p.embeddings} for p in persons]}))
+            else:
+                print(f"{gallery.path} ({spec.key}): {len(persons)} person(s)")
+                for p in persons:
+                    print(f"  {p.name}: {p.embeddings} face(s)")
+        elif args.action == "rename":
+            gallery.rename(args.names[0], args.names[1])
+            print(f"renamed {args.names[0]!r} to {args.names[1]!r}", file=sys.stderr)
+        else:
+            gallery.remove(args.names[0])
+            print(f"removed {args.names[0]!r} and their faces", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    import tempfile
+    from dataclasses import replace
+
+    import yaml
+
+    from edge.enroll import enroll_photos
+    from edge.runner import build_recognizer, load_models, open_gallery, run
+    from edge.sources import open_source
+
+    people = yaml.safe_load((DEMO_DIR / "demo.yaml").read_text(encoding="utf-8"))
+    config = _load_runtime_config(args)
+    config = replace(config, mqtt=replace(config.mqtt, enabled=False))
+    models = load_models(config, threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="doorface-demo-") as tmp:
+        with open_gallery(config, models.embedder.spec, path=Path(tmp) / "gallery.sqlite") as gallery:
+            for name, photo in people["enroll"].items():
+                report = enroll_photos(gallery, name, [DEMO_DIR / photo], models.detector, models.embedder,
+                                       min_face_size=config.quality.min_face_size, thumbnails=False)
+                if report.enrolled == 0:
+                    raise ValueError(f"demo still {photo} gave no face: {report.outcomes[0].message}")
+                print(f"enrolled {name} from demo/{photo}", file=sys.stderr)
+            recognizer = build_recognizer(config, models, gallery)
+        clip = DEMO_DIR / people["clip"]
+        cam = config.camera
+        with open_source(str(clip), width=cam.width, height=cam.height) as source:
+            print(f"running on demo/{clip.name}; one JSON line per event (the MQTT payload):", file=sys.stderr)
+            summary = run(source, recognizer, [_print_event])
+    _print_summary(summary, recognizer)
+    return EXIT_OK
+
+
+def _cmd_doctor(args) -> int:
+    from edge.doctor import run_checks
+
+    config = _load_runtime_config(args)
+    print(f"config: device {config.device_name}"
+          + (f" + {args.config}" if args.config else "") + f"; camera {config.camera.name!r}")
+    checks = run_checks(config, source=args.source, camera=not args.no_camera)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
+    return EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface", description="Edge face recognition for door cameras.")
     parser.add_argument("--version", action="version", version=f"doorface {__version__}")
@@ -155,6 +378,47 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model", help="embedder manifest key (default: the config's embedder.model)")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
     compare.set_defaults(func=_cmd_compare, min_face_size=None)
+
+    gallery_opt = argparse.ArgumentParser(add_help=False)
+    gallery_opt.add_argument("--gallery", type=Path, help="gallery file (default: the config's gallery.path)")
+
+    run_cmd = sub.add_parser("run", parents=[common, gallery_opt],
+                             help="recognize people at the camera and publish events over MQTT")
+    run_cmd.add_argument("--source", help="override camera.source: picamera2, a device index, a URL, a video, "
+                                          "a folder")
+    run_cmd.add_argument("--no-mqtt", action="store_true", help="do not publish (events go to stdout)")
+    run_cmd.add_argument("--print-events", action="store_true", help="also print each event as a JSON line")
+    run_cmd.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run_cmd.add_argument("--connect-timeout", type=float, default=5.0,
+                         help="seconds to wait for the broker at start (default 5; events queue meanwhile)")
+    run_cmd.add_argument("--flush-timeout", type=float, default=10.0,
+                         help="seconds to wait at exit for queued events to be delivered (default 10)")
+    run_cmd.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", parents=[common],
+                          help="enroll the bundled stills and run on the bundled clip; prints each event")
+    demo.set_defaults(func=_cmd_demo)
+
+    enroll = sub.add_parser("enroll", parents=[common, gallery_opt],
+                            help="add a person from photos/folders, or from a short capture of a camera or video")
+    enroll.add_argument("name", help="the person's display name")
+    enroll.add_argument("photos", nargs="*", metavar="PHOTO_OR_FOLDER")
+    enroll.add_argument("--video", metavar="SOURCE", help="capture from a camera/URL/video file instead of photos")
+    enroll.add_argument("--samples", type=int, default=10, help="faces to keep from --video (default 10)")
+    enroll.add_argument("--seconds", type=float, default=20.0, help="longest --video capture (default 20 s)")
+    enroll.set_defaults(func=_cmd_enroll)
+
+    people = sub.add_parser("people", parents=[common, gallery_opt], help="list, rename or remove enrolled people")
+    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove"))
+    people.add_argument("names", nargs="*", metavar="NAME", help="rename: OLD NEW; remove: NAME")
+    people.add_argument("--json", action="store_true", help="list as JSON")
+    people.set_defaults(func=_cmd_people)
+
+    doctor = sub.add_parser("doctor", parents=[common, gallery_opt],
+                            help="check camera, models, interpreter, accelerator, gallery and broker")
+    doctor.add_argument("--source", help="try this camera source instead of camera.source")
+    doctor.add_argument("--no-camera", action="store_true", help="skip the camera check")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
@@ -169,9 +433,18 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("doorface: error: --threads must be >= 1", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "remove": 1}[args.action]:
+        print("doorface: error: usage: people [list | rename OLD NEW | remove NAME]", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    from edge.gallery import GalleryError
+    from edge.mqtt import MqttError
+    from edge.outbox import OutboxError
+    from edge.sources import SourceError
+
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, ModelIntegrityError, InterpreterUnavailable, ValueError) as exc:
+    except (ConfigError, ManifestError, ModelIntegrityError, InterpreterUnavailable, GalleryError, MqttError,
+            OutboxError, SourceError, ValueError) as exc:
         print(f"doorface: error: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     except KeyboardInterrupt:

@@ -100,11 +100,11 @@ class CameraConfig:
 class QualityConfig:
     min_face_size: float = _field(40.0, "smallest face side (px) worth embedding; smaller faces are tracked only",
                                   low=8.0, high=4000.0)
-    min_sharpness: float = _field(15.0, "variance of the Laplacian of the aligned face below which it is too "
+    min_sharpness: float = _field(10.0, "variance of the Laplacian of the aligned face below which it is too "
                                         "blurred to embed", low=0.0, high=10000.0)
     max_yaw: float = _field(0.45, "largest left/right turn, as the nose offset from the eyes' midline over the "
                                   "eye distance (0 = frontal)", low=0.0, high=2.0)
-    max_pitch: float = _field(0.5, "largest up/down tilt, as the deviation of the nose height from a frontal "
+    max_pitch: float = _field(0.35, "largest up/down tilt, as the deviation of the nose height from a frontal "
                                    "face's, over the eye-to-mouth distance", low=0.0, high=2.0)
 
 
@@ -119,6 +119,8 @@ class TrackerConfig:
                                   low=0.0, high=1.0)
     unknown_after: int = _field(8, "embedded frames without a confident match before an 'unknown' event",
                                 low=1, high=1000)
+    visit_gap: float = _field(30.0, "a person recognized again within this many seconds of their last sighting is "
+                                    "the same visit (no new event)", low=0.0, high=86400.0)
 
 
 @dataclass(frozen=True)

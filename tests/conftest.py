@@ -25,3 +25,17 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def shared_data(shared: Path) -> Path:
     return shared / "data"
+
+
+@pytest.fixture(scope="session")
+def door_video(tmp_path_factory, shared_data) -> Path:
+    """A 640×480 door-camera clip composed from real LFW photos: person A, person B, then a stranger."""
+    from door_scene import door_video
+
+    return door_video(tmp_path_factory.mktemp("scene"), shared_data)
+
+
+@pytest.fixture()
+def cli_env(tmp_path) -> dict:
+    """Environment for `doorface` subprocesses: a private DOORFACE_HOME (gallery, queue) per test."""
+    return {**os.environ, "DOORFACE_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "2"}

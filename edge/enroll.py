@@ -1,0 +1,273 @@
+"""Enrollment: photos (or video / camera frames) of one person → embeddings in the gallery.
+
+Only unambiguous faces are enrolled: a photo with several faces is skipped rather than guessed at, because
+enrolling the wrong face (a friend in the background, a poster) makes the door greet a stranger by a family member's
+name. Everything a run collects is written with one :meth:`Gallery.add`, one transaction: a run that is interrupted,
+or finds no usable face, leaves the gallery as it was.
+
+Each photo gets a :class:`PhotoOutcome` saying what happened and, when skipped, what to do about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+
+from edge.detector import MtcnnDetector
+from edge.embedder import Embedder
+from edge.gallery import Gallery, Person, validate_name
+from edge.image_io import ImageError, load_image, to_rgb
+from edge.matcher import person_template
+
+logger = logging.getLogger(__name__)
+
+ENROLLED = "enrolled"
+NO_FACE = "no_face"
+SEVERAL_FACES = "several_faces"
+UNREADABLE = "unreadable"
+TOO_SMALL = "too_small"
+STATUSES = (ENROLLED, NO_FACE, SEVERAL_FACES, UNREADABLE, TOO_SMALL)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+THUMBNAIL_QUALITY = 85
+THUMBNAIL_MAX_BYTES = 10_000
+
+PathLike = Union[str, "os.PathLike[str]"]
+Progress = Callable[[int, int, "PhotoOutcome"], None]
+"""Called after each photo with (photos done, photos in all, its outcome)."""
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    source: str
+    status: str  # one of STATUSES
+    faces: int
+    message: str
+
+    @property
+    def enrolled(self) -> bool:
+        return self.status == ENROLLED
+
+
+@dataclass(frozen=True)
+class EnrollReport:
+    name: str
+    outcomes: tuple[PhotoOutcome, ...]
+    enrolled: int
+    person: Optional[Person]
+    """The person after the enrollment; None when nothing was enrolled (the gallery is then unchanged)."""
+
+    @property
+    def skipped(self) -> tuple[PhotoOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.enrolled)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    vector: np.ndarray
+    thumbnail: Optional[bytes]
+
+
+def _expand(paths: Iterable[PathLike]) -> list[Union[str, PhotoOutcome]]:
+    """In input order: files named directly, and the images of named folders (sorted, not recursive, hidden files
+    skipped); an "unreadable" outcome in place of a path that is missing or a folder without images. A file reached
+    twice is taken once: enrolling the same photo twice would only weigh it double."""
+    items: list[Union[str, PhotoOutcome]] = []
+    seen: set[str] = set()
+
+    def take(path: Path) -> None:
+        key = os.path.normcase(str(path.resolve()))
+        if key not in seen:
+            seen.add(key)
+            items.append(str(path))
+
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir()
+                            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+            if not images:
+                items.append(PhotoOutcome(str(path), UNREADABLE, 0, f"folder {path} holds no images "
+                                          f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
+            for image in images:
+                take(image)
+        elif path.exists():
+            take(path)  # named explicitly: tried whatever its extension, load_image says if it is no image
+        else:
+            items.append(PhotoOutcome(str(path), UNREADABLE, 0, f"{path}: no such file or folder"))
+    return items
+
+
+def thumbnail_jpeg(chip_rgb: np.ndarray, max_bytes: int = THUMBNAIL_MAX_BYTES) -> bytes:
+    """An aligned RGB face chip as JPEG of at most ``max_bytes``: quality 85, lowered (then halved) if needed."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(chip_rgb), cv2.COLOR_RGB2BGR)
+    while True:
+        for quality in (THUMBNAIL_QUALITY, 70, 55, 40):
+            ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok and encoded.nbytes <= max_bytes:
+                return encoded.tobytes()
+        if min(bgr.shape[:2]) <= 16:
+            raise ValueError(f"cannot encode a face thumbnail in {max_bytes} bytes")
+        bgr = cv2.resize(bgr, (bgr.shape[1] // 2, bgr.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def _examine(
+    image: np.ndarray,
+    source: str,
+    detector: MtcnnDetector,
+    embedder: Embedder,
+    min_face_size: float,
+    thumbnails: bool,
+) -> tuple[PhotoOutcome, Optional[_Sample]]:
+    detections = detector(image)
+    count = len(detections)
+    if count == 0:
+        return PhotoOutcome(source, NO_FACE, 0, "no face found; use a sharp photo with the face frontal and well "
+                                                "lit"), None
+    if count > 1:
+        return PhotoOutcome(source, SEVERAL_FACES, count, f"{count} faces found; crop the photo to the one person "
+                                                          "to enroll"), None
+    x1, y1, x2, y2 = (float(v) for v in detections.boxes[0])
+    side = min(x2 - x1, y2 - y1)
+    if side < min_face_size:
+        return PhotoOutcome(source, TOO_SMALL, 1, f"the face is {side:.0f} px, smaller than {min_face_size:.0f} px; "
+                                                  "use a closer or larger photo"), None
+    landmarks = detections.landmarks[:1]
+    vector = embedder(image, landmarks)[0]
+    thumb = thumbnail_jpeg(embedder.align(image, landmarks[0])) if thumbnails else None
+    return PhotoOutcome(source, ENROLLED, 1, f"face of {side:.0f} px enrolled"), _Sample(vector, thumb)
+
+
+def _flag_outliers(gallery: Gallery, name: str, enrolled: list[tuple[int, _Sample]], outcomes: list[PhotoOutcome],
+                   threshold: float) -> None:
+    """Warn about new embeddings the matcher will set aside as outliers: often a photo of someone else, mixed in by
+    mistake. They are still stored: whether a photo is wrong stays the user's call."""
+    existing = gallery.embeddings().get(name)
+    new = np.stack([s.vector for _, s in enrolled])
+    vectors = new if existing is None else np.vstack([existing, new])
+    template = person_template(vectors, metric=gallery.metric, threshold=threshold)
+    for (index, _), inlier in zip(enrolled, template.inliers[len(vectors) - len(new):]):
+        if not inlier:
+            outcome = outcomes[index]
+            logger.warning("%s: enrolled, but unlike the other photos of %r; check it shows them", outcome.source,
+                           name)
+            outcomes[index] = PhotoOutcome(outcome.source, outcome.status, outcome.faces,
+                                           f"{outcome.message}, but it looks unlike the other photos of {name}: "
+                                           "check that it shows them (the matcher sets it aside meanwhile)")
+
+
+def _commit(gallery: Gallery, name: str, enrolled: list[tuple[int, _Sample]], outcomes: list[PhotoOutcome],
+            sources: Sequence[str], threshold: Optional[float]) -> EnrollReport:
+    if not enrolled:
+        logger.info("nothing enrolled for %r: no usable face in %d input(s)", name, len(outcomes))
+        return EnrollReport(name, tuple(outcomes), 0, None)
+    if threshold is not None:
+        _flag_outliers(gallery, name, enrolled, outcomes, threshold)
+    person = gallery.add(
+        name,
+        np.stack([s.vector for _, s in enrolled]),
+        list(sources),
+        [s.thumbnail for _, s in enrolled],
+    )
+    return EnrollReport(name, tuple(outcomes), len(enrolled), person)
+
+
+def enroll_photos(
+    gallery: Gallery,
+    name: str,
+    paths: Iterable[PathLike],
+    detector: MtcnnDetector,
+    embedder: Embedder,
+    *,
+    min_face_size: float = 40.0,
+    thumbnails: bool = True,
+    progress: Optional[Progress] = None,
+    threshold: Optional[float] = None,
+) -> EnrollReport:
+    """Enroll ``name`` from photo files and folders of photos; see :class:`EnrollReport`.
+
+    ``threshold``: the matcher's distance threshold (:func:`edge.matcher.threshold_from_entry`); when given, a
+    photo the matcher will set aside as unlike the person's others says so in its outcome message (it is enrolled
+    all the same). Raises (before any photo is read): InvalidNameError for a bad name, GalleryMismatchError if
+    ``embedder`` is not the gallery's. Bad photos never raise: they get an outcome.
+    """
+    name = validate_name(name)
+    gallery.require_embedder(embedder.spec.key, embedder.spec.sha256)
+    items = _expand(paths)
+    outcomes: list[PhotoOutcome] = []
+    enrolled: list[tuple[int, _Sample]] = []
+    sources: list[str] = []
+    for item in items:
+        if isinstance(item, PhotoOutcome):
+            outcome, sample = item, None
+        else:
+            try:
+                image = load_image(item)
+            except ImageError as exc:
+                outcome, sample = PhotoOutcome(item, UNREADABLE, 0, str(exc)), None
+            else:
+                outcome, sample = _examine(image, item, detector, embedder, min_face_size, thumbnails)
+            logger.debug("%s: %s (%s)", item, outcome.status, outcome.message)
+        if sample is not None:
+            enrolled.append((len(outcomes), sample))
+            sources.append(str(Path(outcome.source).resolve()))
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(len(outcomes), len(items), outcome)
+    return _commit(gallery, name, enrolled, outcomes, sources, threshold)
+
+
+def enroll_frames(
+    gallery: Gallery,
+    name: str,
+    frames: Iterable[tuple[str, np.ndarray]],
+    detector: MtcnnDetector,
+    embedder: Embedder,
+    *,
+    max_samples: int = 10,
+    min_gap: int = 5,
+    min_face_size: float = 40.0,
+    thumbnails: bool = True,
+    progress: Optional[Progress] = None,
+    threshold: Optional[float] = None,
+) -> EnrollReport:
+    """Enroll ``name`` from (source label, RGB frame) pairs of a video or camera, e.g. ("video:door.mp4#120", f).
+
+    A frame is sampled when it shows exactly one face of at least ``min_face_size`` px and is ``min_gap`` or more
+    frames after the previous sample (consecutive frames are near copies and would only weigh one pose more);
+    frames inside the gap are not even examined. Stops reading ``frames`` after ``max_samples`` samples, so a
+    camera stream can be passed as is; bound it in time yourself. Every examined frame gets an outcome.
+    ``progress`` is called with (samples so far, max_samples, outcome); ``threshold`` as for :func:`enroll_photos`.
+    """
+    if max_samples < 1 or min_gap < 1:
+        raise ValueError(f"max_samples and min_gap must be >= 1, got {max_samples} and {min_gap}")
+    name = validate_name(name)
+    gallery.require_embedder(embedder.spec.key, embedder.spec.sha256)
+    outcomes: list[PhotoOutcome] = []
+    enrolled: list[tuple[int, _Sample]] = []
+    sources: list[str] = []
+    last_sample: Optional[int] = None
+    for index, (label, frame) in enumerate(frames):
+        if last_sample is not None and index - last_sample < min_gap:
+            continue
+        try:
+            image = to_rgb(frame)
+        except ImageError as exc:
+            outcome, sample = PhotoOutcome(str(label), UNREADABLE, 0, str(exc)), None
+        else:
+            outcome, sample = _examine(image, str(label), detector, embedder, min_face_size, thumbnails)
+        if sample is not None:
+            enrolled.append((len(outcomes), sample))
+            sources.append(str(label))
+            last_sample = index
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(len(enrolled), max_samples, outcome)
+        if len(enrolled) >= max_samples:
+            break
+    return _commit(gallery, name, enrolled, outcomes, sources, threshold)

@@ -1,0 +1,114 @@
+"""The main loop: frames from a source through the recognizer, events to the sinks, until the source ends or a stop.
+
+Wiring the stages from a config is here too (``build_recognizer``), so that ``doorface run``, ``doorface demo``
+and the benchmarks run the very same pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from edge.config import Config
+from edge.detector import MtcnnDetector
+from edge.embedder import Embedder, EmbedderSpec
+from edge.events import Event
+from edge.gallery import Gallery
+from edge.interpreter import resolve_device
+from edge.manifest import Manifest
+from edge.matcher import Calibration, Matcher
+from edge.pipeline import FrameResult, Recognizer
+from edge.sources import FrameSource
+from edge.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Models:
+    detector: MtcnnDetector
+    embedder: Embedder
+    manifest: Manifest
+
+
+def load_models(config: Config, *, threads: Optional[int] = None) -> Models:
+    """The detector and the configured embedder, sha256-checked, on the configured device (one warning if absent)."""
+    manifest = Manifest.load(config.models_dir)
+    device = resolve_device(config.detector.device)
+    detector = MtcnnDetector.from_manifest(manifest, num_threads=threads or config.detector.num_threads,
+                                           device=device, params=config.detector.cascade_params())
+    embedder = Embedder(manifest.entry(config.embedder.model), num_threads=threads or config.embedder.num_threads,
+                        device=device)
+    return Models(detector, embedder, manifest)
+
+
+def open_gallery(config: Config, spec: EmbedderSpec, *, create: bool = True, path=None) -> Gallery:
+    """The configured gallery (or ``path``), checked to hold embeddings of this embedder."""
+    return Gallery.open(path or config.gallery.resolved_path(), embedder_key=spec.key, embedder_sha256=spec.sha256,
+                        dim=spec.dim, metric=spec.metric, create=create)
+
+
+def build_recognizer(config: Config, models: Models, gallery: Gallery, *, keep_crops: bool = False) -> Recognizer:
+    entry = models.manifest.entry(models.embedder.key)
+    matcher = Matcher.from_gallery(gallery, entry, threshold_kind=config.embedder.threshold,
+                                   margin=config.match.margin)
+    if not gallery.persons():
+        log.warning("the gallery %s has nobody enrolled: every face will be 'unknown' "
+                    "(enroll with `doorface enroll NAME PHOTO...`)", gallery.path)
+    Calibration.from_entry(entry)  # fail at start, not at the first face, when the model is not calibrated
+    tracker = Tracker(config.tracker, reid_distance=matcher.threshold, metric=models.embedder.spec.metric)
+    return Recognizer(models.detector, models.embedder, matcher, tracker, config, keep_crops=keep_crops)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    frames: int
+    events: int
+    seconds: float
+    stopped: bool  # True when stopped from outside (signal, max_frames), False when the source ended
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def run(
+    source: FrameSource,
+    recognizer: Recognizer,
+    sinks: Iterable[Callable[[Event], None]],
+    *,
+    stop: Optional[threading.Event] = None,
+    max_frames: Optional[int] = None,
+    on_frame: Optional[Callable[[FrameResult], None]] = None,
+) -> RunSummary:
+    """Process frames until the source ends, ``stop`` is set or ``max_frames`` were read; every event to every sink.
+
+    When the source ends (a file), the open tracks are decided too, so a visit at the very end still gives its
+    event. A sink that raises stops the run: losing events silently is worse than stopping.
+    """
+    sinks = list(sinks)
+    stop = stop or threading.Event()
+    frames = events = 0
+    start = time.perf_counter()
+    for frame in source.frames(stop):
+        result = recognizer.process(frame)
+        frames += 1
+        for event in result.events:
+            for sink in sinks:
+                sink(event)
+            events += 1
+        if on_frame is not None:
+            on_frame(result)
+        if max_frames is not None and frames >= max_frames:
+            stop.set()
+            break
+    stopped = stop.is_set()
+    if not stopped:
+        for event in recognizer.finish():
+            for sink in sinks:
+                sink(event)
+            events += 1
+    return RunSummary(frames, events, time.perf_counter() - start, stopped)
