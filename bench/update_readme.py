@@ -23,6 +23,8 @@ BLOCKS = {
     "mtcnn_latency_door": ROOT / "bench" / "results" / "mtcnn_latency_door.md",
     "embedder_latency": ROOT / "bench" / "results" / "embedder_latency.md",
     "lfw_eval": ROOT / "reports" / "lfw_eval.md",
+    "pipeline": ROOT / "bench" / "results" / "pipeline.md",
+    "demo": ROOT / "bench" / "results" / "demo.md",
 }
 MANIFEST = ROOT / "quantized_models" / "manifest.json"
 
@@ -45,7 +47,67 @@ def models_table() -> str:
     return "Models shipped in `quantized_models/` (from `manifest.json`).\n\n" + "\n".join(rows)
 
 
-GENERATORS = {"models": (MANIFEST, models_table)}
+CONFIG_SOURCE = ROOT / "edge" / "config.py"
+
+
+def config_table() -> str:
+    """Every configuration key with its default, bounds and description, straight from edge/config.py."""
+    import dataclasses
+
+    from edge.config import Config
+
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for section in dataclasses.fields(Config):
+        factory = section.default_factory
+        if factory is dataclasses.MISSING or not dataclasses.is_dataclass(factory):
+            continue
+        for f in dataclasses.fields(factory):
+            meta = f.metadata
+            if meta.get("low") is not None:
+                allowed = f"{meta['low']:g} … {meta['high']:g}"
+            elif meta.get("choices"):
+                allowed = " / ".join(f"`{c}`" for c in meta["choices"])
+            else:
+                allowed = str(f.type).replace("Optional[", "").rstrip("]") + (" or none" if "Optional" in str(f.type)
+                                                                            else "")
+            default = "none" if f.default is None else f"`{f.default}`"
+            meaning = meta.get("description", "").replace("|", "\\|")
+            rows.append(f"| `{section.name}.{f.name}` | {default} | {allowed} | {meaning} |")
+    return "\n".join(rows)
+
+
+DISCOVERY_SOURCE = ROOT / "edge" / "discovery.py"
+
+
+def mqtt_reference() -> str:
+    """The messages of one recognized event and the discovery configs, built by edge/discovery.py itself for a
+    camera ``door`` with one enrolled person ``Anna`` (ids and timestamps fixed so the README is stable)."""
+    from edge.discovery import Topics, discovery_messages, event_messages
+    from edge.events import Event
+
+    event = Event(kind="recognized", camera="door", name="Anna", confidence=0.9731, distance=0.0512,
+                  box=(212.4, 96.0, 301.7, 207.5), track_id=7, timestamp=1795478400.25, embedder="dlib_resnet",
+                  frames=3, event_id="5f0c1e7a9b2d4c6e8f0a1b2c3d4e5f60")
+    topics = Topics("doorface", "door")
+    lines = ["Messages of one `recognized` event (QoS 1; `doorface/door/unknown` is the same with `\"name\": null`):",
+             "", "| topic | retained | payload |", "|---|---|---|"]
+    for m in event_messages(event, topics):
+        lines.append(f"| `{m.topic}` | {'yes' if m.retain else 'no'} | `{m.payload.decode()}` |")
+    lines.append(f"| `{topics.availability}` | yes | `online`; `offline` on a clean stop and as the last will |")
+    lines.append(f"| `{topics.face}` | no | the face crop as JPEG, only with `mqtt.publish_crops: true` |")
+    lines += ["", "Home Assistant discovery configs (retained; re-sent when `homeassistant/status` says `online`):", ""]
+    configs = discovery_messages("door", ["Anna"], publish_crops=True, presence_off_delay=300.0)
+    lines += ["| topic | entity |", "|---|---|"]
+    for m in configs:
+        body = json.loads(m.payload)
+        lines.append(f"| `{m.topic}` | {body.get('name')} |")
+    presence = next(json.loads(m.payload) for m in configs if "/binary_sensor/" in m.topic)
+    lines += ["", "The presence sensor's config, for example:", "", "```json", json.dumps(presence, indent=2), "```"]
+    return "\n".join(lines)
+
+
+GENERATORS = {"models": (MANIFEST, models_table), "config": (CONFIG_SOURCE, config_table),
+              "mqtt": (DISCOVERY_SOURCE, mqtt_reference)}
 PATTERN = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
