@@ -190,7 +190,7 @@ def _install_stop_handlers(stop) -> None:
 def _cmd_run(args) -> int:
     import threading
 
-    from edge.runner import build_recognizer, load_models, open_gallery, run
+    from edge.runner import GalleryWatcher, build_recognizer, load_models, open_gallery, run
     from edge.sources import open_source
 
     config = _load_runtime_config(args)
@@ -199,7 +199,6 @@ def _cmd_run(args) -> int:
     mqtt = config.mqtt
     recognizer = build_recognizer(config, models, gallery, keep_crops=mqtt.enabled and mqtt.publish_crops)
     persons = [p.name for p in gallery.persons()]
-    gallery.close()
     sinks = []
     publisher = None
     if mqtt.enabled:
@@ -218,11 +217,14 @@ def _cmd_run(args) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     cam = config.camera
+    watcher = GalleryWatcher(gallery, recognizer, models.manifest.entry(models.embedder.key), config,
+                             on_persons=publisher.set_persons if publisher is not None else None)
     try:
         with open_source(cam.source, width=cam.width, height=cam.height,
                          reconnect_max_delay=cam.reconnect_max_delay) as source:
-            summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames)
+            summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames, on_frame=watcher)
     finally:
+        gallery.close()
         if publisher is not None:
             if not publisher.flush(args.flush_timeout):
                 log.warning("%d messages not delivered yet; they stay queued in %s for the next start",
@@ -300,6 +302,17 @@ def _cmd_people(args) -> int:
                 print(f"{gallery.path} ({spec.key}): {len(persons)} person(s)")
                 for p in persons:
                     print(f"  {p.name}: {p.embeddings} face(s)")
+        elif args.action == "thumbnails":
+            name, out_dir = args.names
+            chips = gallery.thumbnails(name)
+            target = Path(out_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            for n, (source, jpeg) in enumerate(chips):
+                (target / f"{n:03d}.jpg").write_bytes(jpeg)
+                print(f"{target / f'{n:03d}.jpg'}: from {source}")
+            if not chips:
+                print(f"{name!r} has no thumbnails (gallery.thumbnails was off when they were enrolled)",
+                      file=sys.stderr)
         elif args.action == "rename":
             gallery.rename(args.names[0], args.names[1])
             print(f"renamed {args.names[0]!r} to {args.names[1]!r}", file=sys.stderr)
@@ -409,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.set_defaults(func=_cmd_enroll)
 
     people = sub.add_parser("people", parents=[common, gallery_opt], help="list, rename or remove enrolled people")
-    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove"))
-    people.add_argument("names", nargs="*", metavar="NAME", help="rename: OLD NEW; remove: NAME")
+    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove", "thumbnails"))
+    people.add_argument("names", nargs="*", metavar="NAME",
+                        help="rename: OLD NEW; remove: NAME; thumbnails: NAME OUT_DIR (the enrolled faces as JPEG)")
     people.add_argument("--json", action="store_true", help="list as JSON")
     people.set_defaults(func=_cmd_people)
 
@@ -433,8 +447,10 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("doorface: error: --threads must be >= 1", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "remove": 1}[args.action]:
-        print("doorface: error: usage: people [list | rename OLD NEW | remove NAME]", file=sys.stderr)
+    if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "remove": 1,
+                                                        "thumbnails": 2}[args.action]:
+        print("doorface: error: usage: people [list | rename OLD NEW | remove NAME | thumbnails NAME OUT_DIR]",
+              file=sys.stderr)
         return EXIT_SETUP_ERROR
     from edge.gallery import GalleryError
     from edge.mqtt import MqttError

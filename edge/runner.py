@@ -63,6 +63,47 @@ def build_recognizer(config: Config, models: Models, gallery: Gallery, *, keep_c
     return Recognizer(models.detector, models.embedder, matcher, tracker, config, keep_crops=keep_crops)
 
 
+class GalleryWatcher:
+    """Picks up enrollments made while ``doorface run`` is running (``doorface enroll`` in another shell).
+
+    Called after each frame; every ``interval`` seconds it reads the gallery's revision counter (one small query:
+    SQLite in WAL mode lets the enrolling process write meanwhile) and, when it changed, rebuilds the matcher and
+    tells ``on_persons`` (the publisher, to announce or delete presence entities).
+    """
+
+    def __init__(self, gallery: Gallery, recognizer: Recognizer, entry, config: Config, *,
+                 on_persons: Optional[Callable[[list[str]], None]] = None, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.gallery = gallery
+        self.recognizer = recognizer
+        self.entry = entry
+        self.config = config
+        self.on_persons = on_persons
+        self.interval = interval
+        self._clock = clock
+        self._revision = gallery.revision()
+        self._next = clock() + interval
+
+    def __call__(self, _result: Optional[FrameResult] = None) -> bool:
+        """True when the gallery changed and the matcher was rebuilt."""
+        now = self._clock()
+        if now < self._next:
+            return False
+        self._next = now + self.interval
+        revision = self.gallery.revision()
+        if revision == self._revision:
+            return False
+        self._revision = revision
+        self.recognizer.matcher = Matcher.from_gallery(self.gallery, self.entry,
+                                                       threshold_kind=self.config.embedder.threshold,
+                                                       margin=self.config.match.margin)
+        names = [p.name for p in self.gallery.persons()]
+        log.warning("gallery %s changed: now %d person(s): %s", self.gallery.path, len(names), ", ".join(names))
+        if self.on_persons is not None:
+            self.on_persons(names)
+        return True
+
+
 @dataclass(frozen=True)
 class RunSummary:
     frames: int

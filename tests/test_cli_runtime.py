@@ -41,6 +41,10 @@ def test_enroll_reports_skipped_photos_and_people_lists_renames_removes(tmp_path
     assert [(p["name"], p["embeddings"]) for p in listing["persons"]] == [(PERSON_A, 3)]
     assert listing["embedder"] == "dlib_resnet"
 
+    thumbs = doorface("people", "thumbnails", PERSON_A, str(tmp_path / "thumbs"), "--config", config, env=cli_env)
+    assert thumbs.returncode == 0, thumbs.stderr
+    chips = sorted((tmp_path / "thumbs").glob("*.jpg"))
+    assert len(chips) == 3 and all(c.read_bytes()[:2] == b"\xff\xd8" for c in chips)
     assert doorface("people", "rename", PERSON_A, "Tony", "--config", config, env=cli_env).returncode == 0
     missing = doorface("people", "remove", "Nobody", "--config", config, env=cli_env)
     assert missing.returncode == 2 and "Nobody" in missing.stderr and "Traceback" not in missing.stderr

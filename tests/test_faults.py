@@ -175,3 +175,19 @@ def test_corrupt_frames_in_a_folder_are_skipped(tmp_path, shared_data, cli_env):
     assert "10 frames" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [e["event_type"] for e in events] == ["unknown"]  # nobody enrolled in this gallery
+
+
+def test_a_camera_that_is_gone_is_retried_and_stops_cleanly(tmp_path, cli_env):
+    from mqtt_broker import free_port
+
+    config = write_config(tmp_path, None, tmp_path)
+    url = f"http://127.0.0.1:{free_port()}/stream.mjpg"  # nothing listens there: the camera is unplugged
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--source", url],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6.0)
+    assert proc.poll() is None, "doorface run gave up on a camera that may come back"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "127.0.0.1" in err and ("retrying" in err or "reconnecting" in err)
+    assert "Traceback" not in err and "0 frames" in err
