@@ -12,6 +12,7 @@ recompute what changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -120,9 +121,11 @@ def detect_landmarks(names: Sequence[str], image_root: Path, manifest: Manifest)
 
 def embed_all(key: str, names: Sequence[str], landmarks: np.ndarray, image_root: Path, manifest: Manifest,
               detector_digest: str) -> np.ndarray:
-    """(N, dim) unit embeddings of every image with one embedder (cached per image by model + detector sha256)."""
+    """(N, dim) unit embeddings of every image with one embedder (cached per image by model + detector sha256, and
+    by the alignment the manifest gives the model: the same file under another template embeds other chips)."""
     entry = manifest.entry(key)
-    cache = _cache_file(f"emb-{key}", entry.sha256, detector_digest)
+    align = json.dumps(entry.fields.get("align", {}), sort_keys=True).encode()
+    cache = _cache_file(f"emb-{key}", entry.sha256, detector_digest, hashlib.sha256(align).hexdigest())
     table = _load_cache(cache)
     missing = [(i, n) for i, n in enumerate(names) if n not in table]
     if missing:
