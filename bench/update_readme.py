@@ -86,7 +86,7 @@ def mqtt_reference() -> str:
     from edge.events import Event
 
     event = Event(kind="recognized", camera="door", name="Anna", confidence=0.9731, distance=0.0512,
-                  box=(212.4, 96.0, 301.7, 207.5), track_id=7, timestamp=1795478400.25, embedder="dlib_resnet",
+                  box=(212.4, 96.0, 301.7, 207.5), track_id=7, timestamp=1795478400.25, embedder="mobilefacenet",
                   frames=3, event_id="5f0c1e7a9b2d4c6e8f0a1b2c3d4e5f60")
     topics = Topics("doorface", "door")
     lines = ["Messages of one `recognized` event (QoS 1; `doorface/door/unknown` is the same with `\"name\": null`):",

@@ -24,6 +24,8 @@ REASONS = (OK, TOO_SMALL, TURNED, TILTED, BLURRED)
 # Nose height between the eyes' midpoint (0) and the mouth's midpoint (1) of a frontal face: the median over LFW's
 # published MTCNN landmarks (MTCNN puts the nose tip lower than the ArcFace template's 0.495).
 FRONTAL_NOSE_HEIGHT = 0.54
+# Side of the grey face image that sharpness is measured on (see sharpness()).
+SHARPNESS_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,13 @@ def face_pose(landmarks: np.ndarray) -> Pose:
 
 
 def sharpness(chip: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey chip: low when the face is blurred (motion, focus)."""
+    """Variance of the Laplacian of the grey chip at a fixed size: low when the face is blurred (motion, focus).
+
+    The chip is first brought to SHARPNESS_SIDE pixels so that one threshold serves every embedder (a 150-px dlib
+    chip and a 112-px MobileFaceNet chip of the same face would otherwise score differently).
+    """
     grey = cv2.cvtColor(np.ascontiguousarray(chip), cv2.COLOR_RGB2GRAY) if chip.ndim == 3 else chip
+    grey = cv2.resize(grey, (SHARPNESS_SIDE, SHARPNESS_SIDE), interpolation=cv2.INTER_AREA)
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 

@@ -39,7 +39,7 @@ def test_enroll_reports_skipped_photos_and_people_lists_renames_removes(tmp_path
 
     listing = json.loads(doorface("people", "--json", "--config", config, env=cli_env).stdout)
     assert [(p["name"], p["embeddings"]) for p in listing["persons"]] == [(PERSON_A, 3)]
-    assert listing["embedder"] == "dlib_resnet"
+    assert listing["embedder"] == "mobilefacenet"
 
     thumbs = doorface("people", "thumbnails", PERSON_A, str(tmp_path / "thumbs"), "--config", config, env=cli_env)
     assert thumbs.returncode == 0, thumbs.stderr
@@ -97,7 +97,7 @@ def test_doctor_says_what_is_fine_and_what_to_fix(tmp_path, shared_data, door_vi
         after = doorface("doctor", "--config", config, env=cli_env)
         port = broker.port
     assert after.returncode == 0, after.stdout
-    for part in ("interpreter", "model pnet", "model rnet", "model onet", "model dlib_resnet", "accelerator",
+    for part in ("interpreter", "model pnet", "model rnet", "model onet", "model mobilefacenet", "accelerator",
                  "camera", "gallery", "mqtt"):
         assert f"[ok] {part}" in after.stdout, after.stdout
     assert f"127.0.0.1:{port}" in after.stdout

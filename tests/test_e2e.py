@@ -37,7 +37,7 @@ def test_door_video_gives_one_event_per_visitor_over_mqtt(tmp_path, door_video, 
     assert [e["name"] for e in recognized] == [PERSON_A, PERSON_B]
     assert len(unknown) == 1 and unknown[0]["name"] is None
     for event in recognized + unknown:
-        assert event["camera"] == "front_door" and event["embedder"] == "dlib_resnet"
+        assert event["camera"] == "front_door" and event["embedder"] == "mobilefacenet"
         assert 0.0 <= event["confidence"] <= 1.0 and len(event["box"]) == 4
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", event["timestamp"])
     assert all(e["confidence"] > 0.5 for e in recognized)

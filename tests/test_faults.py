@@ -134,7 +134,7 @@ def test_gallery_of_another_embedder_is_refused_and_left_alone(tmp_path, shared_
     gallery = tmp_path / "gallery.sqlite"
     before = gallery.read_bytes()
     other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "embedder": {"model": "mobilefacenet"}}))
+    other.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "embedder": {"model": "dlib_resnet"}}))
     result = doorface("run", "--config", str(other), env=cli_env)
     assert result.returncode == 2
     assert "dlib_resnet" in result.stderr and "mobilefacenet" in result.stderr and "re-enroll" in result.stderr

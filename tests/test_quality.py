@@ -56,9 +56,9 @@ def test_geometry_verdicts_name_the_reason():
     assert quality.geometry_verdict(box, tilted, config) == quality.TILTED
 
 
-@pytest.fixture(scope="module")
-def lfw_chips(shared_data):
-    embedder = Embedder.from_manifest("dlib_resnet")
+@pytest.fixture(scope="module", params=["mobilefacenet", "dlib_resnet"])
+def lfw_chips(request, shared_data):
+    embedder = Embedder.from_manifest(request.param)
     rows = [line.split() for line in (shared_data / "lfw" / "landmarks_5pt.txt").read_text().splitlines()
             if line and not line.startswith("#")][:60]
     chips, blurred = [], []
