@@ -65,6 +65,12 @@ def _cmd_evaluate(args) -> int:
     return evaluate_mtcnn.main(args)
 
 
+def _cmd_train_nns(args) -> int:
+    from converters import train_nns
+
+    return train_nns.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface-convert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -89,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--models", default=str(default_models_dir()))
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_cmd_check)
+
+    train_nns = sub.add_parser("train-nns", help="train a FaceNet NNS1/NNS2 embedder on train-faces (distillation + "
+                                                 "triplet), export int8 + float, evaluate on LFW")
+    from converters.train_nns import add_arguments as train_nns_arguments  # no TensorFlow import
+
+    train_nns_arguments(train_nns)
+    train_nns.set_defaults(func=_cmd_train_nns)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
     evaluate.add_argument("what", choices=["mtcnn", "lfw"])

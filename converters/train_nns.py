@@ -1,0 +1,975 @@
+"""``doorface-convert train-nns``: train an NNS1/NNS2 embedder (:mod:`converters.nns`) and ship it in int8.
+
+Data
+    ``train-faces`` (LFW-disjoint CelebA crops, 5 landmarks each). Identities, not images, are split: a seeded 5% of
+    them is held out for the per-epoch validation; ``--fraction`` keeps a seeded share of the *training*
+    identities (nested: the 25% set is inside the 50% set), for the learning curve. LFW is never read before the
+    final evaluation: it is the test set. Every face is aligned once with :func:`edge.align.align_face` onto the
+    student's template and cached as uint8 ``.npy`` under ``$DOORFACE_CACHE/nns`` (default
+    ``~/.cache/doorface/nns``), keyed by the template, chip size and the data manifest's sha256.
+
+Teacher
+    Distillation reads the teacher's embedding of the same face, aligned to *the teacher's* template and run
+    through the runtime's :class:`edge.embedder.Embedder` once, then cached (keyed by the teacher's sha256 and the
+    data manifest's). The default teacher is MobileFaceNet (float reference if shipped, else int8): it is the best
+    shipped embedder on LFW (99.17% int8 vs 98.87% for float dlib). It is 192-D, so the student's 128-D embedding
+    goes through a trainable linear head (128 → 192, no bias) for the cosine loss; the head is dropped at export.
+    A linear head alone would let the student's own 128-D geometry drift from the teacher's (only the head's
+    output is matched), and verification uses the student's cosine, so a second term matches the batch's
+    cosine-similarity matrix of student and teacher directly (relational distillation, no head involved).
+
+Loss
+    ``distill · (1 - cos(head(s), t)) + relation · mean((S Sᵀ - T Tᵀ)²) + triplet · FaceNet triplet``, where the
+    triplet loss (margin 0.2 on squared distances of unit vectors) mines semi-hard negatives online in batches of
+    P identities × K faces: for each anchor-positive pair the closest negative that is farther than the positive
+    (FaceNet section 3.2), or the farthest negative when none is.
+
+Augmentation (door camera)
+    small similarity jitter (rotation, scale, shift: alignment error), down-and-up scaling (a face far from the
+    camera), Gaussian blur (focus, motion), colour (brightness, contrast, saturation; sometimes grey: IR night
+    mode), JPEG re-compression (stream artefacts), horizontal flip. The teacher's target stays the clean face's.
+
+Export
+    Post-training full-integer quantization (per-channel weights, int8 input/output) calibrated on 500
+    un-augmented training-identity chips; batch norm folds into the convolutions and ReLU6 bounds every activation,
+    which is what makes plain PTQ enough here. The int8 model must parse as fully int8; its cosine to the float
+    model on held-out identities is recorded. Keys ``<arch>`` (int8) and ``<arch>_float`` (the float reference)
+    go into the ``--out`` folder's manifest, with cards, only at the end of a successful run; then the LFW
+    protocol (:mod:`converters.evaluate_lfw`) runs on both and writes its thresholds into the manifest.
+
+Run folder ``runs/<arch>-<timestamp>/``: ``config.json``, ``history.json``, ``loss.png``, ``checkpoint.npz``
+(every epoch; ``--resume`` continues from it), ``export.json`` and ``lfw.json`` / ``lfw.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from converters import datasets, manifest_io, nns, sources, tflite_tools
+from edge import interpreter as tfl
+from edge.align import align_face
+from edge.image_io import load_image
+from edge.manifest import MANIFEST_NAME, Manifest, default_models_dir
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs")
+CACHE_SUBDIR = "nns"
+TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
+TEACHER_THREADS = 2
+CHECKPOINT_NAME = "checkpoint.npz"
+CALIBRATION_FACES = 500
+AGREEMENT_FACES = 200
+MIN_INT8_COSINE = 0.98  # int8 vs float on held-out faces; below this PTQ has gone wrong
+VAL_SAME_PAIRS_PER_IDENTITY = 20  # caps the 30-image identities' share of the validation pairs
+EVAL_BATCH = 128
+NORM_EPSILON = 1e-12
+SEMI_HARD_SENTINEL = 1e9  # "no candidate" distance inside the vectorised mining
+LICENSE = ("research use only: trained on CelebA crops (CelebA agreement: non-commercial research use only), "
+           "distilled from a shipped teacher")
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Probabilities and ranges of the door-camera augmentations (see the module docstring)."""
+
+    flip: float = 0.5
+    max_rotation_deg: float = 8.0
+    max_scale: float = 0.08  # ± relative
+    max_shift: float = 0.05  # ± fraction of the chip size
+    downscale: float = 0.35  # probability of down-and-up scaling
+    downscale_range: tuple[float, float] = (0.3, 0.8)  # of the chip size
+    blur: float = 0.25
+    blur_sigma: tuple[float, float] = (0.4, 1.4)
+    colour: float = 0.8
+    brightness: float = 0.25  # ± additive, fraction of the range
+    contrast: float = 0.25  # ± relative
+    saturation: float = 0.3  # ± relative
+    grey: float = 0.1
+    jpeg: float = 0.35
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "nns2"
+    epochs: int = 20
+    fraction: float = 1.0  # share of training identities (learning curve)
+    batch_identities: int = 16  # P
+    per_identity: int = 4  # K
+    learning_rate: float = 3e-3  # peak, after the warm-up
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05  # AdamW (decoupled), not on batch-norm parameters or biases
+    distill_weight: float = 1.0
+    relation_weight: float = 10.0  # its gradient per face is ~1/batch of the cosine term's: rebalanced
+    triplet_weight: float = 1.0
+    triplet_margin: float = 0.2
+    val_fraction: float = 0.05
+    seed: int = 0
+    width: float = 1.0  # width multiplier of the architecture (1.0 = the shipped budget)
+    teacher: str = "auto"  # manifest key, or "auto" = the first of TEACHER_PREFERENCE present
+    threads: int = 2
+    augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_identities * self.per_identity
+
+    def validate(self) -> None:
+        if self.arch not in nns.ARCHITECTURES:
+            raise ValueError(f"--arch must be one of {sorted(nns.ARCHITECTURES)}, got {self.arch!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.batch_identities < 2 or self.per_identity < 2:
+            raise ValueError("triplets need at least 2 identities per batch and 2 faces per identity "
+                             f"(got --batch-identities {self.batch_identities}, --per-identity {self.per_identity})")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        fields = dict(data)
+        augmentation = fields.pop("augmentation", {}) or {}
+        augmentation = {k: tuple(v) if isinstance(v, list) else v for k, v in augmentation.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"config.json has unknown fields {unknown}: was it written by another version?")
+        return cls(**fields, augmentation=Augmentation(**augmentation))
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into ``load_train_faces()``: training faces (of the kept identities) and held-out validation faces."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_identities: int
+    val_identities: int
+
+
+def split_identities(identities: Sequence[str], val_fraction: float, fraction: float, seed: int) -> Split:
+    """Identity-disjoint train/validation split; ``fraction`` keeps a nested share of the training identities."""
+    names = np.array(sorted(set(identities)))
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = max(1, int(round(val_fraction * len(names))))
+    val_names = set(names[order[:n_val]].tolist())
+    train_pool = names[order[n_val:]]
+    n_train = max(2, int(round(fraction * len(train_pool))))
+    train_names = set(train_pool[:n_train].tolist())  # a prefix of one permutation: smaller sets nest
+    ids = np.asarray(identities)
+    train = np.flatnonzero(np.isin(ids, list(train_names)))
+    val = np.flatnonzero(np.isin(ids, list(val_names)))
+    return Split(train, val, len(train_names), len(val_names))
+
+
+def cache_root() -> Path:
+    folder = sources.cache_dir() / CACHE_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def data_digest(faces: Sequence[datasets.TrainFace]) -> str:
+    """A digest of the face list (paths, identities, landmarks): cache files are valid for this list only."""
+    digest = hashlib.sha256()
+    for face in faces:
+        digest.update(f"{face.path.name}|{face.path.parent.name}|{face.identity}|".encode())
+        digest.update(np.asarray(face.landmarks, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def align_all(faces: Sequence[datasets.TrainFace], template: np.ndarray, size: tuple[int, int],
+              desc: str = "align") -> np.ndarray:
+    """(N, h, w, 3) uint8 RGB chips, each face aligned with the runtime's alignment."""
+    width, height = size
+    chips = np.zeros((len(faces), height, width, 3), np.uint8)
+    for i, face in enumerate(tqdm(faces, desc=desc, unit="face", leave=False)):
+        chips[i] = align_face(load_image(face.path), face.landmarks, template, size)
+    return chips
+
+
+def cached_chips(faces: Sequence[datasets.TrainFace], template: np.ndarray, size: tuple[int, int],
+                 digest: Optional[str] = None) -> np.ndarray:
+    """Aligned chips of every face, from the on-disk cache when it exists (written atomically otherwise)."""
+    key = hashlib.sha256(np.asarray(template, np.float64).tobytes() + repr(tuple(size)).encode()).hexdigest()
+    path = cache_root() / f"chips-{size[0]}x{size[1]}-{key[:12]}-{(digest or data_digest(faces))[:12]}.npy"
+    if path.is_file():
+        chips = np.load(path)
+        if chips.shape == (len(faces), size[1], size[0], 3):
+            return chips
+        log.warning("ignoring %s: shape %s does not match %d faces", path, chips.shape, len(faces))
+    chips = align_all(faces, template, size, desc=f"align {size[0]}x{size[1]}")
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, chips)
+    os.replace(tmp, path)
+    return chips
+
+
+def resolve_teacher(manifest: Manifest, requested: str = "auto") -> str:
+    if requested != "auto":
+        manifest.entry(requested)  # raises ManifestError naming the key
+        return requested
+    for key in TEACHER_PREFERENCE:
+        if key in manifest.models:
+            return key
+    raise ValueError(f"{manifest.path} holds none of the teachers {TEACHER_PREFERENCE}; convert one first "
+                     "(e.g. `doorface-convert mobilefacenet`) or pass --teacher KEY")
+
+
+def teacher_embeddings(faces: Sequence[datasets.TrainFace], entry, num_threads: int = TEACHER_THREADS,
+                       desc: str = "teacher") -> np.ndarray:
+    """(N, dim) unit embeddings of each face by the teacher, aligned to the teacher's own template."""
+    from edge.embedder import Embedder
+
+    embedder = Embedder(entry, num_threads=num_threads)
+    out = np.zeros((len(faces), embedder.spec.dim), np.float32)
+    for i, face in enumerate(tqdm(faces, desc=desc, unit="face", leave=False)):
+        out[i] = embedder(load_image(face.path), face.landmarks)[0]
+    return out
+
+
+def cached_teacher(faces: Sequence[datasets.TrainFace], entry, digest: Optional[str] = None) -> np.ndarray:
+    path = cache_root() / f"teacher-{entry.key}-{entry.sha256[:16]}-{(digest or data_digest(faces))[:12]}.npz"
+    if path.is_file():
+        data = np.load(path)
+        if data["embeddings"].shape[0] == len(faces):
+            return data["embeddings"]
+    embeddings = teacher_embeddings(faces, entry, desc=f"teacher {entry.key}")
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, embeddings=embeddings, teacher=entry.key, sha256=entry.sha256)
+    os.replace(tmp, path)
+    return embeddings
+
+
+# ------------------------------------------------------------------------------------------------ augmentation
+
+
+def _jitter_matrix(size: tuple[int, int], rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    """A random similarity transform about the chip centre (2×3)."""
+    width, height = size
+    angle = rng.uniform(-aug.max_rotation_deg, aug.max_rotation_deg)
+    scale = 1.0 + rng.uniform(-aug.max_scale, aug.max_scale)
+    matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, scale)
+    matrix[:, 2] += rng.uniform(-aug.max_shift, aug.max_shift, 2) * (width, height)
+    return matrix
+
+
+def augment(chip: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    """One door-camera-like variant of an aligned uint8 RGB chip (same shape and dtype)."""
+    height, width = chip.shape[:2]
+    out = cv2.warpAffine(chip, _jitter_matrix((width, height), rng, aug), (width, height),
+                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if rng.random() < aug.downscale:
+        factor = rng.uniform(*aug.downscale_range)
+        small = cv2.resize(out, (max(1, round(width * factor)), max(1, round(height * factor))),
+                           interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < aug.blur:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*aug.blur_sigma))
+    if rng.random() < aug.colour:
+        pixels = out.astype(np.float32)
+        grey = pixels @ np.float32([0.299, 0.587, 0.114])
+        saturation = 0.0 if rng.random() < aug.grey else 1.0 + rng.uniform(-aug.saturation, aug.saturation)
+        pixels = grey[..., None] + saturation * (pixels - grey[..., None])
+        contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+        pixels = (pixels - pixels.mean()) * contrast + pixels.mean() + rng.uniform(-1, 1) * aug.brightness * 255
+        out = np.clip(pixels, 0, 255).astype(np.uint8)
+    if rng.random() < aug.jpeg:
+        quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
+        ok, encoded = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1]
+    if rng.random() < aug.flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def normalise(chips: np.ndarray) -> np.ndarray:
+    """uint8 RGB chips → the model's float input, ``(pixel - 127.5) / 128``."""
+    return ((np.asarray(chips, np.float32) - nns.PIXEL_MEAN) / nns.PIXEL_STD).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+
+def identity_table(labels: np.ndarray, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per identity among ``indices``: its face indices, and the identity's sampling weight (∝ its faces, so
+    that each face is drawn about once per epoch)."""
+    groups: dict = {}
+    for i in indices:
+        groups.setdefault(labels[i], []).append(int(i))
+    members = [np.asarray(v) for _, v in sorted(groups.items())]
+    counts = np.array([len(m) for m in members], np.float64)
+    return members, counts / counts.sum()
+
+
+def sample_batch(members: list[np.ndarray], weights: np.ndarray, identities: int, per_identity: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """P identities × K faces: (face indices, identity labels 0..P-1). Identities with fewer than K faces repeat
+    faces (their augmentations differ)."""
+    if len(members) < identities:
+        raise ValueError(f"a batch needs {identities} identities but the training split has {len(members)}; "
+                         "lower --batch-identities or raise --fraction")
+    chosen = rng.choice(len(members), size=identities, replace=False, p=weights)
+    faces, labels = [], []
+    for label, identity in enumerate(chosen):
+        pool = members[identity]
+        faces.append(rng.choice(pool, size=per_identity, replace=len(pool) < per_identity))
+        labels.append(np.full(per_identity, label))
+    return np.concatenate(faces), np.concatenate(labels).astype(np.int32)
+
+
+def batches(chips: np.ndarray, targets: np.ndarray, members: list[np.ndarray], weights: np.ndarray,
+            cfg: TrainConfig, steps: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``steps`` augmented batches (inputs, teacher targets, labels), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        index, labels = sample_batch(members, weights, cfg.batch_identities, cfg.per_identity, rng)
+        images = np.stack([augment(chips[i], rng, cfg.augmentation) for i in index])
+        yield normalise(images), targets[index], labels
+
+
+def make_dataset(chips: np.ndarray, targets: np.ndarray, members: list[np.ndarray], weights: np.ndarray,
+                 cfg: TrainConfig, steps: int, seed: int):
+    """A prefetching tf.data pipeline over :func:`batches` (augmentation runs beside the training step)."""
+    import tensorflow as tf
+
+    height, width = chips.shape[1:3]
+    signature = (tf.TensorSpec((cfg.batch_size, height, width, 3), tf.float32),
+                 tf.TensorSpec((cfg.batch_size, targets.shape[1]), tf.float32),
+                 tf.TensorSpec((cfg.batch_size,), tf.int32))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: batches(chips, targets, members, weights, cfg, steps, seed), output_signature=signature)
+    return dataset.prefetch(2)
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+
+
+def l2_normalise(x):
+    import tensorflow as tf
+
+    return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True), NORM_EPSILON))
+
+
+def semi_hard_triplet_loss(embeddings, labels, margin: float):
+    """FaceNet's triplet loss with online semi-hard mining over every anchor-positive pair of the batch.
+
+    ``embeddings`` are unit vectors; distances are squared euclidean. Returns (mean loss over anchor-positive
+    pairs, fraction of those pairs with a non-zero loss).
+    """
+    import tensorflow as tf
+
+    distances = tf.maximum(2.0 - 2.0 * tf.matmul(embeddings, embeddings, transpose_b=True), 0.0)
+    same = tf.equal(labels[:, None], labels[None, :])
+    positive_pairs = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool)))
+    d_ap = distances[:, :, None]  # (anchor, positive, 1)
+    d_an = distances[:, None, :]  # (anchor, 1, negative)
+    negative = tf.logical_not(same)[:, None, :]
+    farther = tf.logical_and(negative, d_an > d_ap)
+    closest_farther = tf.reduce_min(tf.where(farther, d_an, SEMI_HARD_SENTINEL), axis=2)
+    farthest = tf.reduce_max(tf.where(negative, d_an, -SEMI_HARD_SENTINEL), axis=2)
+    d_neg = tf.where(tf.reduce_any(farther, axis=2), closest_farther, farthest)
+    losses = tf.maximum(distances - d_neg + margin, 0.0)
+    mask = tf.cast(positive_pairs, tf.float32)
+    pairs = tf.maximum(tf.reduce_sum(mask), 1.0)
+    loss = tf.reduce_sum(losses * mask) / pairs
+    active = tf.reduce_sum(tf.cast(losses > 0.0, tf.float32) * mask) / pairs
+    return loss, active
+
+
+def distillation_losses(student_unit, projected_unit, teacher_unit):
+    """(cosine loss through the head, relational loss on the student's own similarity matrix)."""
+    import tensorflow as tf
+
+    cosine = tf.reduce_mean(1.0 - tf.reduce_sum(projected_unit * teacher_unit, axis=-1))
+    student_sim = tf.matmul(student_unit, student_unit, transpose_b=True)
+    teacher_sim = tf.matmul(teacher_unit, teacher_unit, transpose_b=True)
+    relation = tf.reduce_mean(tf.square(student_sim - teacher_sim))
+    return cosine, relation
+
+
+LOSS_NAMES = ("loss", "distill", "relation", "triplet", "active_triplets")
+
+
+def make_head(teacher_dim: int, embedding_dim: int = nns.EMBEDDING_DIM):
+    """The training-only linear projection from the student's embedding to the teacher's space."""
+    import keras
+
+    head = keras.layers.Dense(teacher_dim, use_bias=False, name="distill_head")
+    head.build((None, embedding_dim))
+    return head
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    import keras
+
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total - warmup),
+                                                      warmup_target=cfg.learning_rate, warmup_steps=warmup)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def make_train_step(student, head, optimizer, cfg: TrainConfig) -> Callable:
+    """A compiled step: (images, teacher targets, labels) → dict of the loss terms (see LOSS_NAMES)."""
+    import tensorflow as tf
+
+    variables = student.trainable_variables + head.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(images, targets, labels):
+        with tf.GradientTape() as tape:
+            raw = student(images, training=True)
+            unit = l2_normalise(raw)
+            distill, relation = distillation_losses(unit, l2_normalise(head(unit)), l2_normalise(targets))
+            triplet, active = semi_hard_triplet_loss(unit, labels, cfg.triplet_margin)
+            loss = cfg.distill_weight * distill + cfg.relation_weight * relation + cfg.triplet_weight * triplet
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss": loss, "distill": distill, "relation": relation, "triplet": triplet,
+                "active_triplets": active}
+
+    return step
+
+
+# -------------------------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Pairs:
+    a: np.ndarray
+    b: np.ndarray
+    same: np.ndarray
+
+
+def verification_pairs(labels: np.ndarray, seed: int, per_identity: int = VAL_SAME_PAIRS_PER_IDENTITY) -> Pairs:
+    """Same pairs (at most ``per_identity`` per identity) and as many random different pairs."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    same_a, same_b = [], []
+    for identity in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == identity)
+        combos = [(i, j) for n, i in enumerate(members) for j in members[n + 1:]]
+        for k in rng.permutation(len(combos))[:per_identity]:
+            same_a.append(combos[k][0])
+            same_b.append(combos[k][1])
+    diff_a, diff_b = [], []
+    while len(diff_a) < len(same_a):
+        i, j = rng.integers(0, len(labels), 2)
+        if labels[i] != labels[j]:
+            diff_a.append(i)
+            diff_b.append(j)
+    same = np.r_[np.ones(len(same_a), bool), np.zeros(len(diff_a), bool)]
+    return Pairs(np.asarray(same_a + diff_a, int), np.asarray(same_b + diff_b, int), same)
+
+
+def verification_metrics(embeddings: np.ndarray, pairs: Pairs) -> dict:
+    """Best-threshold accuracy and ROC AUC of cosine distance on ``pairs`` (unit embeddings)."""
+    from converters.evaluate_lfw import best_threshold, roc_auc
+
+    distances = 1.0 - np.sum(embeddings[pairs.a] * embeddings[pairs.b], axis=1)
+    threshold, accuracy = best_threshold(distances, pairs.same)
+    return {"accuracy": accuracy, "auc": roc_auc(distances, pairs.same), "threshold": threshold,
+            "pairs": int(len(pairs.same))}
+
+
+def embed(model, inputs: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Unit embeddings of normalised inputs by a Keras model (inference mode)."""
+    outs = [np.asarray(model(inputs[i:i + batch], training=False)) for i in range(0, len(inputs), batch)]
+    raw = np.concatenate(outs) if outs else np.zeros((0, nns.EMBEDDING_DIM), np.float32)
+    return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), NORM_EPSILON)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint, history
+
+
+def save_checkpoint(path: Path, student, head, optimizer, epoch: int) -> None:
+    """Weights, batch-norm statistics, head and optimizer state in one .npz, replaced atomically."""
+    arrays = {f"student_{i}": w for i, w in enumerate(student.get_weights())}
+    arrays.update({f"head_{i}": w for i, w in enumerate(head.get_weights())})
+    arrays.update({f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    arrays["epoch"] = np.asarray(epoch)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, student, head, optimizer) -> int:
+    """Restore what :func:`save_checkpoint` wrote (the optimizer must be built); returns the finished epoch."""
+    data = np.load(path)
+
+    def restore(prefix: str, count: int) -> list:
+        arrays = [data[f"{prefix}_{i}"] for i in range(count) if f"{prefix}_{i}" in data.files]
+        if len(arrays) != count:
+            raise ValueError(f"{path}: holds {len(arrays)} {prefix} arrays, the model has {count}: "
+                             "the checkpoint is from another architecture or width; start a new run")
+        return arrays
+
+    student.set_weights(restore("student", len(student.get_weights())))
+    head.set_weights(restore("head", len(head.get_weights())))
+    for variable, value in zip(optimizer.variables, restore("optimizer", len(optimizer.variables))):
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{path}: optimizer state {variable.path} has shape {value.shape}, expected "
+                             f"{tuple(variable.shape)}; start a new run")
+        variable.assign(value)
+    return int(data["epoch"])
+
+
+def plot_history(history: list[dict], path: Path, teacher_val: Optional[float] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (losses, val) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("loss", "distill", "relation", "triplet"):
+        losses.plot(epochs, [h[name] for h in history], marker="o", label=name)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("training loss (epoch mean)")
+    losses.set_yscale("log")
+    losses.grid(True, alpha=0.3)
+    losses.legend()
+    val.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o", label="student (float)")
+    if teacher_val is not None:
+        val.axhline(100 * teacher_val, color="grey", linestyle="--", label="teacher")
+    val.set_xlabel("epoch")
+    val.set_ylabel("held-out identities: verification accuracy (%)")
+    val.grid(True, alpha=0.3)
+    val.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def export_models(student, arch: nns.Architecture, input_shape: tuple[int, int, int], width: float,
+                  calibration: np.ndarray) -> tuple[bytes, bytes]:
+    """(int8, float) TFLite of the student rebuilt with a static batch of 1; calibration = normalised chips."""
+    static = nns.build(arch, input_shape, width=width, batch_size=1)
+    static.set_weights(student.get_weights())
+
+    def representative():
+        for x in calibration:
+            yield [x[None].astype(np.float32)]
+
+    int8 = tflite_tools.to_tflite(static, representative)
+    float_model = tflite_tools.to_tflite(static)
+    if not int8 or not float_model:
+        raise RuntimeError("the TFLite converter produced an empty model")
+    report = tflite_tools.inspect_model(int8)
+    if not report.fully_int8:
+        raise RuntimeError(f"the int8 {arch.name} has float ops {sorted(set(report.float_ops))}: a layer type "
+                           "outside nns.ALLOWED_LAYERS slipped in")
+    return int8, float_model
+
+
+def run_tflite(content: bytes, inputs: np.ndarray) -> np.ndarray:
+    """A batch-1 model on normalised inputs; dequantized, L2-normalised outputs."""
+    interp = tfl.make_interpreter(content, num_threads=TEACHER_THREADS)
+    interp.allocate_tensors()
+    spec, out = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
+    results = np.zeros((len(inputs), out.shape[-1]), np.float32)
+    for i, x in enumerate(inputs):
+        interp.set_tensor(spec.index, tfl.quantize(x[None], spec))
+        interp.invoke()
+        results[i] = tfl.get_output(interp, out).reshape(-1)
+    return results / np.maximum(np.linalg.norm(results, axis=1, keepdims=True), NORM_EPSILON)
+
+
+def file_name(key: str) -> str:
+    return f"{key}.tflite" if key.endswith("_float") else f"{key}_int8.tflite"
+
+
+def manifest_entries(key: str, int8: bytes, float_model: bytes, input_shape: tuple[int, int, int],
+                     provenance: dict, agreement: np.ndarray, edgetpu: str) -> dict:
+    """``{key: int8 entry, key_float: float entry}`` in the embedder schema (see :mod:`edge.embedder`);
+    ``edgetpu`` is what :func:`tflite_tools.check_edgetpu` said of the int8 file."""
+    import tensorflow as tf
+
+    float_key = f"{key}_float"
+    height, width, _ = input_shape
+    report = tflite_tools.inspect_model(int8)
+    interp = tfl.make_interpreter(int8)
+    in_spec = tfl.input_specs(interp)[0]
+    template = nns.alignment_template((width, height))
+    summary = provenance["model"]
+    base = {
+        "task": "face_embedding",
+        "family": key,
+        "license": LICENSE,
+        "align": {"template": template.tolist(), "size": [width, height],
+                  "method": f"ArcFace 112x112 template scaled by {width}/112 and centred vertically in {height}"},
+        "embedding": {"dim": nns.EMBEDDING_DIM, "metric": "cosine", "normalise": "l2 on host"},
+        "source": {"trained": "here, doorface-convert train-nns", **provenance["source"]},
+        "training": provenance["training"],
+    }
+    description = (f"{key.upper()}: FaceNet-class small Inception embedder ({summary['params']:,} params, "
+                   f"{summary['macs'] / 1e6:.1f}M MACs = {summary['flops'] / 1e6:.1f}M FLOPs at {height}x{width}), "
+                   "trained on train-faces (LFW-disjoint CelebA) by distillation from "
+                   f"{provenance['source']['teacher']} plus a semi-hard triplet loss.")
+    int8_entry = {
+        **base,
+        "file": file_name(key),
+        "sha256": manifest_io.sha256_bytes(int8),
+        "size_bytes": len(int8),
+        "description": description + " Full-integer int8.",
+        "input": {"shape": [int(d) for d in in_spec.shape], "dtype": in_spec.dtype.name,
+                  "channels": nns.CHANNELS, "mean": nns.PIXEL_MEAN, "std": nns.PIXEL_STD,
+                  "scale": in_spec.scale, "zero_point": in_spec.zero_point},
+        "calibration": {"samples": provenance["calibration_faces"],
+                        "from": "un-augmented train-faces chips of training identities (seeded); never LFW"},
+        "agreement": {"faces": int(len(agreement)), "from": "held-out validation identities of train-faces",
+                      "int8_vs_float_cosine_mean": round(float(agreement.mean()), 6),
+                      "int8_vs_float_cosine_min": round(float(agreement.min()), 6)},
+        "conversion": {"tensorflow": tf.__version__,
+                       "quantization": "post-training full integer, per-channel weights, int8 input/output; "
+                                       "batch norm folded, ReLU6 fused",
+                       "ops": sorted(set(report.ops)), "float_ops": sorted(set(report.float_ops)),
+                       "edgetpu": edgetpu},
+        "float_reference": float_key,
+    }
+    float_interp = tfl.make_interpreter(float_model)
+    float_in = tfl.input_specs(float_interp)[0]
+    float_entry = {
+        **base,
+        "file": file_name(float_key),
+        "sha256": manifest_io.sha256_bytes(float_model),
+        "size_bytes": len(float_model),
+        "description": description + " Float32 reference for the int8 model.",
+        "input": {**int8_entry["input"], "shape": [int(d) for d in float_in.shape], "dtype": float_in.dtype.name,
+                  "scale": 0.0, "zero_point": 0},
+        "calibration": {"samples": 0, "from": "none"},
+        "conversion": {"tensorflow": tf.__version__, "quantization": "none (float32)"},
+    }
+    return {key: int8_entry, float_key: float_entry}
+
+
+def seed_models_folder(out: Path, source: Path) -> None:
+    """Give a fresh ``out`` folder the detector entries and files of ``source``, so that the LFW protocol (our
+    MTCNN + alignment) can run against it; existing entries are left alone."""
+    from edge.detector import MTCNN_KEYS
+
+    if out.resolve() == source.resolve():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    present = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")).get("models", {}) \
+        if (out / MANIFEST_NAME).is_file() else {}
+    shipped = Manifest.load(source)
+    entries = {}
+    for key in MTCNN_KEYS:
+        if key not in present:
+            entry = shipped.entry(key)
+            shutil.copyfile(entry.path, out / entry.path.name)
+            entries[key] = entry.fields
+    if entries:
+        manifest_io.update_manifest(out, entries)
+
+
+# ------------------------------------------------------------------------------------------------ orchestration
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything training reads, computed (or loaded from the cache) once per run."""
+
+    faces: list
+    split: Split
+    chips: np.ndarray  # (N, h, w, 3) uint8, every train-faces row, aligned to the student's template
+    targets: np.ndarray  # (N, teacher dim) unit teacher embeddings
+    teacher_key: str
+    teacher_sha256: str
+    input_shape: tuple[int, int, int]
+    data_sha256: str
+
+
+def prepare(cfg: TrainConfig, manifest: Manifest, input_shape: Optional[tuple[int, int, int]] = None,
+            faces: Optional[list] = None) -> Prepared:
+    """Faces, identity split, cached aligned chips and cached teacher embeddings."""
+    arch = nns.ARCHITECTURES[cfg.arch]
+    input_shape = tuple(input_shape or arch.input_shape)
+    if faces is None:
+        faces = datasets.load_train_faces()
+        data_sha = sources.sha256_file(datasets.data_dir("train-faces") / "manifest.csv")
+    else:
+        data_sha = data_digest(faces)
+    digest = data_digest(faces)
+    size = (input_shape[1], input_shape[0])
+    chips = cached_chips(faces, nns.alignment_template(size), size, digest)
+    teacher = manifest.entry(resolve_teacher(manifest, cfg.teacher))
+    targets = cached_teacher(faces, teacher, digest)
+    split = split_identities([f.identity for f in faces], cfg.val_fraction, cfg.fraction, cfg.seed)
+    return Prepared(list(faces), split, chips, targets, teacher.key, teacher.sha256, input_shape, data_sha)
+
+
+def configure_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started (a test, or a second run in one process)
+        log.debug("TensorFlow threads already configured")
+
+
+def _epoch_means(rows: list[dict]) -> dict:
+    return {name: float(np.mean([float(r[name]) for r in rows])) for name in LOSS_NAMES}
+
+
+def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = False,
+          steps_per_epoch: Optional[int] = None):
+    """Train (or continue) the student; checkpoint, history and loss.png are written after every epoch.
+
+    Returns the Keras student and the history (one dict per epoch).
+    """
+    configure_threads(cfg.threads)
+    arch = nns.ARCHITECTURES[cfg.arch]
+    student = nns.build(arch, prepared.input_shape, width=cfg.width)
+    head = make_head(prepared.targets.shape[1])
+    labels = np.asarray([f.identity for f in prepared.faces])
+    members, weights = identity_table(labels, prepared.split.train)
+    steps = steps_per_epoch or max(1, int(np.ceil(len(prepared.split.train) / cfg.batch_size)))
+    optimizer = make_optimizer(cfg, steps)
+    step = make_train_step(student, head, optimizer, cfg)
+
+    history_path, checkpoint = run_dir / "history.json", run_dir / CHECKPOINT_NAME
+    history: list[dict] = []
+    start = 0
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint} not found: nothing to resume in {run_dir}")
+        start = load_checkpoint(checkpoint, student, head, optimizer)
+        history = json.loads(history_path.read_text(encoding="utf-8"))[:start] if history_path.is_file() else []
+        tqdm.write(f"resumed {run_dir} after epoch {start}")
+
+    val_inputs = normalise(prepared.chips[prepared.split.val])
+    pairs = verification_pairs(labels[prepared.split.val], cfg.seed)
+    teacher_val = verification_metrics(prepared.targets[prepared.split.val], pairs)["accuracy"]
+    for epoch in range(start + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        dataset = make_dataset(prepared.chips, prepared.targets, members, weights, cfg, steps,
+                               seed=cfg.seed * 100_003 + epoch)  # per-epoch seed: a resumed run sees the same data
+        rows = []
+        bar = tqdm(dataset, total=steps, desc=f"{cfg.arch} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        for images, targets, batch_labels in bar:
+            rows.append({k: float(v) for k, v in step(images, targets, batch_labels).items()})
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", trip=f"{rows[-1]['triplet']:.3f}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        val = verification_metrics(embed(student, val_inputs), pairs)
+        record = {"epoch": epoch, **_epoch_means(rows), "first_batch_loss": rows[0]["loss"],
+                  "lr": float(optimizer.learning_rate), "steps": steps, "train_seconds": round(train_seconds, 1),
+                  "val_accuracy": val["accuracy"], "val_auc": val["auc"], "val_pairs": val["pairs"],
+                  "teacher_val_accuracy": teacher_val}
+        history.append(record)
+        save_checkpoint(checkpoint, student, head, optimizer, epoch)
+        write_json(history_path, history)
+        plot_history(history, run_dir / "loss.png", teacher_val)
+        tqdm.write(f"{cfg.arch} epoch {epoch}: loss {record['loss']:.4f} (distill {record['distill']:.4f}, "
+                   f"relation {record['relation']:.4f}, triplet {record['triplet']:.4f}), "
+                   f"val acc {100 * val['accuracy']:.2f}% AUC {val['auc']:.4f} "
+                   f"(teacher {100 * teacher_val:.2f}%), {train_seconds:.0f} s")
+    return student, history
+
+
+def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], run_dir: Path, out: Path) -> dict:
+    """int8 + float TFLite of the trained student, checked, then entries, files and cards into ``out``."""
+    rng = np.random.default_rng(cfg.seed)
+    calibration_index = np.sort(rng.choice(prepared.split.train, min(CALIBRATION_FACES, len(prepared.split.train)),
+                                           replace=False))
+    calibration = normalise(prepared.chips[calibration_index])
+    held_out = normalise(prepared.chips[prepared.split.val[:AGREEMENT_FACES]])
+    int8, float_model = export_models(student, nns.ARCHITECTURES[cfg.arch], prepared.input_shape, cfg.width,
+                                      calibration)
+    agreement = np.sum(run_tflite(int8, held_out) * run_tflite(float_model, held_out), axis=1)
+    tqdm.write(f"int8 vs float on {len(agreement)} held-out faces: cosine mean {agreement.mean():.4f}, "
+               f"min {agreement.min():.4f}")
+    if agreement.mean() < MIN_INT8_COSINE:
+        raise RuntimeError(f"int8 agrees poorly with float (mean cosine {agreement.mean():.4f} < {MIN_INT8_COSINE}); "
+                           "check the calibration set")
+
+    staging = run_dir / "export"
+    staging.mkdir(parents=True, exist_ok=True)
+    key = cfg.arch
+    (staging / file_name(key)).write_bytes(int8)
+    (staging / file_name(f"{key}_float")).write_bytes(float_model)
+    edgetpu = tflite_tools.check_edgetpu(staging / file_name(key))
+    model = nns.build(nns.ARCHITECTURES[cfg.arch], prepared.input_shape, width=cfg.width)
+    last = history[-1] if history else {}
+    provenance = {
+        "model": {"params": nns.count_params(model), "macs": nns.count_macs(model), "flops": nns.count_flops(model)},
+        "source": {"teacher": prepared.teacher_key, "teacher_sha256": prepared.teacher_sha256,
+                   "data": "train-faces (LFW-disjoint CelebA identities)", "data_manifest_sha256": prepared.data_sha256,
+                   "run": run_dir.name},
+        "training": {"epochs": len(history), "fraction": cfg.fraction, "width": cfg.width,
+                     "train_identities": prepared.split.train_identities, "train_faces": int(len(prepared.split.train)),
+                     "val_identities": prepared.split.val_identities, "val_faces": int(len(prepared.split.val)),
+                     "loss": f"{cfg.distill_weight} cosine distillation (linear head) + {cfg.relation_weight} "
+                             f"relational + {cfg.triplet_weight} semi-hard triplet (margin {cfg.triplet_margin})",
+                     "val_accuracy": round(float(last.get("val_accuracy", float("nan"))), 5),
+                     "val_auc": round(float(last.get("val_auc", float("nan"))), 5),
+                     "teacher_val_accuracy": round(float(last.get("teacher_val_accuracy", float("nan"))), 5)},
+        "calibration_faces": int(len(calibration)),
+    }
+    entries = manifest_entries(key, int8, float_model, prepared.input_shape, provenance, agreement,
+                               "; ".join(edgetpu.problems) or "compatible")
+    write_json(run_dir / "export.json", entries)
+
+    out.mkdir(parents=True, exist_ok=True)  # the shipped folder is touched only from here on
+    for name in entries:
+        shutil.copyfile(staging / entries[name]["file"], out / entries[name]["file"])
+    manifest_io.update_manifest(out, entries)
+    manifest_io.write_cards(out, sorted(entries))
+    return entries
+
+
+def evaluate_lfw(keys: Sequence[str], out: Path, run_dir: Path) -> dict:
+    """The full LFW protocol on ``keys`` of the ``out`` manifest; results into the run folder, thresholds and
+    accuracy into the manifest (as ``doorface-convert evaluate lfw`` does)."""
+    from converters import evaluate_lfw as lfw
+
+    manifest = Manifest.load(out)
+    results = lfw.evaluate(list(keys), manifest)
+    if results["pairs"] == lfw.FULL_PROTOCOL_PAIRS:
+        lfw.record_in_manifest(results, manifest)
+    table = lfw.markdown(results, manifest)
+    (run_dir / "lfw.md").write_text(table, encoding="utf-8")
+    summary = {key: {f: v for f, v in r.items() if f != "distances"} for key, r in results["models"].items()}
+    write_json(run_dir / "lfw.json", {"pairs": results["pairs"], "no_face_fallback": results["no_face_fallback"],
+                                      "models": summary})
+    tqdm.write(table)
+    return summary
+
+
+def new_run_dir(arch: str, root: Path = RUNS_DIR) -> Path:
+    run_dir = root / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] = None, lfw: bool = True,
+        steps_per_epoch: Optional[int] = None, models: Optional[Path] = None,
+        resume_epochs: Optional[int] = None) -> Path:
+    """Prepare, train (or resume), export into ``out`` and evaluate on LFW; returns the run folder.
+
+    ``out`` defaults to the shipped models folder for a full-data run, and to ``<run>/models`` (seeded with the
+    detector) for a ``fraction`` < 1 learning-curve run, which must not replace the shipped model.
+    """
+    cfg.validate()
+    models = Path(models) if models else default_models_dir()
+    if resume is not None:
+        run_dir = Path(resume)
+        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        cfg = TrainConfig.from_json(stored["config"])
+        if resume_epochs:
+            cfg = dataclasses.replace(cfg, epochs=resume_epochs)
+    else:
+        run_dir = new_run_dir(cfg.arch)
+    manifest = Manifest.load(models)
+    prepared = prepare(cfg, manifest)
+    arch = nns.ARCHITECTURES[cfg.arch]
+    model = nns.build(arch, prepared.input_shape, width=cfg.width)
+    write_json(run_dir / "config.json", {
+        "config": cfg.to_json(),
+        "data": {"train_identities": prepared.split.train_identities, "train_faces": int(len(prepared.split.train)),
+                 "val_identities": prepared.split.val_identities, "val_faces": int(len(prepared.split.val)),
+                 "data_manifest_sha256": prepared.data_sha256},
+        "teacher": {"key": prepared.teacher_key, "sha256": prepared.teacher_sha256},
+        "model": {"params": nns.count_params(model), "macs": nns.count_macs(model), "flops": nns.count_flops(model),
+                  "input_shape": list(prepared.input_shape)},
+    })
+    student, history = train(cfg, prepared, run_dir, resume=resume is not None, steps_per_epoch=steps_per_epoch)
+    if out is None:
+        out = models if cfg.fraction >= 1.0 else run_dir / "models"
+    seed_models_folder(Path(out), models)
+    export(cfg, prepared, student, history, run_dir, Path(out))
+    if lfw:
+        evaluate_lfw([cfg.arch, f"{cfg.arch}_float"], Path(out), run_dir)
+    return run_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train-nns`` options (shared by ``doorface-convert train-nns`` and ``python -m``)."""
+    defaults = TrainConfig()
+    parser.add_argument("--arch", choices=sorted(nns.ARCHITECTURES), default=defaults.arch)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"total epochs (default: {defaults.epochs}; with --resume: the stored total, or "
+                             "this new one)")
+    parser.add_argument("--fraction", type=float, default=defaults.fraction,
+                        help="share of the training identities, for a learning curve (default: %(default)s)")
+    parser.add_argument("--batch-identities", type=int, default=defaults.batch_identities,
+                        help="P identities per batch (default: %(default)s)")
+    parser.add_argument("--per-identity", type=int, default=defaults.per_identity,
+                        help="K faces per identity (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
+    parser.add_argument("--teacher", default=defaults.teacher,
+                        help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="override the steps per epoch (default: training faces / batch size)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint (its config is reused)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="models folder to write the int8 + float models into (default: the shipped "
+                             "quantized_models for --fraction 1, else <run>/models)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="models folder holding the teacher and the detector (default: quantized_models)")
+    parser.add_argument("--lfw", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the LFW protocol on the exported models (default: on)")
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
+                       batch_identities=args.batch_identities, per_identity=args.per_identity,
+                       learning_rate=args.lr, width=args.width, teacher=args.teacher, threads=args.threads,
+                       seed=args.seed)
+
+
+def main(args) -> int:
+    run_dir = run(config_from_args(args), resume=args.resume, out=args.out, lfw=args.lfw,
+                  steps_per_epoch=args.steps_per_epoch, models=args.models, resume_epochs=args.epochs)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m converters.train_nns", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(main(parser.parse_args()))

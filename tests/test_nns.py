@@ -1,0 +1,189 @@
+"""NNS1/NNS2 (:mod:`converters.nns`) and their training (:mod:`converters.train_nns`).
+
+The architectures must fit FaceNet's budgets with int8/EdgeTPU-friendly layers only; a tiny NNS2 trained for a few
+steps on real aligned train-faces (4 identities × 8) must lower its loss, and its int8 export must parse as fully
+int8 and embed through the runtime's :class:`edge.embedder.Embedder` from a manifest entry written by the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from converters import nns, tflite_tools
+from converters import train_nns as T
+
+TINY_INPUT = (64, 56, 3)  # (h, w, c)
+TINY_WIDTH = 0.25
+# NNS2's stem, first reduction and first Inception module: every layer kind, a fifth of the layers (tracing and
+# TFLite conversion time grow with the layer count, ~20 s for the full NNS2 graph).
+TINY_ARCH = dataclasses.replace(nns.NNS2, name="tiny", modules=nns.NNS2.modules[:2])
+TINY_IDENTITIES = 4
+TINY_PER_IDENTITY = 8
+TINY_STEPS = 25
+LOSS_WINDOW = 5  # mean of the first vs the last this many steps
+TEACHER_KEY = "mobilefacenet"
+
+
+@pytest.fixture(scope="module", params=sorted(nns.ARCHITECTURES))
+def full_model(request):
+    return request.param, nns.build(nns.ARCHITECTURES[request.param])
+
+
+def test_architectures_fit_the_flop_budgets(full_model):
+    name, model = full_model
+    flops = nns.count_flops(model)
+    assert flops == 2 * nns.count_macs(model)
+    assert flops <= nns.MAX_FLOPS[name], f"{name}: {flops / 1e6:.1f}M FLOPs"
+    assert flops >= 0.8 * nns.MAX_FLOPS[name], f"{name} leaves most of its budget unused"
+    assert model.output.shape[-1] == nns.EMBEDDING_DIM
+    assert tuple(model.input.shape[1:]) == nns.ARCHITECTURES[name].input_shape
+
+
+def test_architectures_use_int8_friendly_layers_only(full_model):
+    name, model = full_model
+    assert nns.layer_types(model) <= nns.ALLOWED_LAYERS, nns.layer_types(model) - nns.ALLOWED_LAYERS
+    for layer in model.layers:
+        if type(layer).__name__ == "ReLU":
+            assert layer.max_value == nns.RELU_CAP, layer.name
+
+
+def test_count_macs_by_hand():
+    import keras
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 4×4×4 outputs × 27
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 4×4×4 outputs × 9
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(5)(x)  # 64 × 5
+    model = keras.Model(inputs, outputs)
+    assert nns.count_macs(model) == 64 * 27 + 64 * 9 + 64 * 5
+
+
+def test_alignment_template_scales_arcface():
+    square = nns.alignment_template((112, 112))
+    assert np.allclose(square, np.round(np.asarray(nns.ARCFACE_112_TEMPLATE), 4))
+    tall = nns.alignment_template((116, 140))
+    eyes = tall[1, 0] - tall[0, 0]
+    assert eyes == pytest.approx((73.5318 - 38.2946) * 116 / 112, abs=1e-3)
+    assert tall[:, 1].mean() == pytest.approx(square[:, 1].mean() * 116 / 112 + (140 - 116) / 2, abs=1e-3)
+
+
+def test_identity_split_is_disjoint_and_nested():
+    identities = [f"id{i // 5}" for i in range(500)]
+    full = T.split_identities(identities, 0.05, 1.0, seed=0)
+    half = T.split_identities(identities, 0.05, 0.5, seed=0)
+    ids = np.asarray(identities)
+    assert not set(ids[full.train]) & set(ids[full.val])
+    assert set(ids[half.val]) == set(ids[full.val])
+    assert set(ids[half.train]) < set(ids[full.train])
+    assert full.val_identities == 5 and full.train_identities == 95
+
+
+def test_semi_hard_triplet_loss_matches_a_loop():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(4), 3).astype(np.int32)
+    margin = 0.2
+    loss, active = T.semi_hard_triplet_loss(tf.constant(emb), tf.constant(labels), margin)
+    d = np.maximum(2 - 2 * emb @ emb.T, 0)
+    expected = []
+    for a in range(12):
+        for p in range(12):
+            if a == p or labels[a] != labels[p]:
+                continue
+            negatives = d[a][labels != labels[a]]
+            farther = negatives[negatives > d[a, p]]
+            d_neg = farther.min() if len(farther) else negatives.max()
+            expected.append(max(d[a, p] - d_neg + margin, 0.0))
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-4)
+    assert float(active) == pytest.approx(np.mean(np.asarray(expected) > 0), rel=1e-6)
+
+
+def test_augment_keeps_shape_and_changes_pixels():
+    rng = np.random.default_rng(1)
+    chip = rng.integers(0, 256, (140, 116, 3), dtype=np.uint8)
+    outs = [T.augment(chip, rng, T.Augmentation()) for _ in range(4)]
+    assert all(o.shape == chip.shape and o.dtype == np.uint8 for o in outs)
+    assert all(np.abs(o.astype(int) - chip).mean() > 1 for o in outs)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = T.TrainConfig(width=TINY_WIDTH)
+    models = []
+    for _ in range(2):
+        student = nns.build(TINY_ARCH, TINY_INPUT, width=TINY_WIDTH)
+        head = T.make_head(8)
+        optimizer = T.make_optimizer(cfg, 10)
+        optimizer.build(student.trainable_variables + head.trainable_variables)
+        models.append((student, head, optimizer))
+    (s1, h1, o1), (s2, h2, o2) = models
+    o1.iterations.assign(7)
+    T.save_checkpoint(tmp_path / T.CHECKPOINT_NAME, s1, h1, o1, epoch=3)
+    assert T.load_checkpoint(tmp_path / T.CHECKPOINT_NAME, s2, h2, o2) == 3
+    assert int(o2.iterations.numpy()) == 7
+    for a, b in zip(s1.get_weights() + h1.get_weights(), s2.get_weights() + h2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def tiny_faces(shared_data):
+    """4 identities × 8 real train-faces rows (the first identities with at least 8 faces)."""
+    faces = T.datasets.load_train_faces(shared_data / "train-faces")
+    by_identity: dict = {}
+    for face in faces:
+        by_identity.setdefault(face.identity, []).append(face)
+    chosen = [group[:TINY_PER_IDENTITY] for group in by_identity.values() if len(group) >= TINY_PER_IDENTITY]
+    return [face for group in chosen[:TINY_IDENTITIES] for face in group]
+
+
+def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
+    from edge.embedder import Embedder
+    from edge.image_io import load_image
+    from edge.manifest import Manifest
+
+    monkeypatch.setenv("DOORFACE_CACHE", str(tmp_path / "cache"))
+    cfg = T.TrainConfig(width=TINY_WIDTH, batch_identities=TINY_IDENTITIES, per_identity=TINY_PER_IDENTITY,
+                        learning_rate=3e-3, warmup_epochs=0.0, epochs=1, teacher=TEACHER_KEY,
+                        augmentation=dataclasses.replace(T.Augmentation(), flip=0.0))
+    prepared = T.prepare(cfg, Manifest.load(), input_shape=TINY_INPUT, faces=tiny_faces)
+    assert prepared.chips.shape == (len(tiny_faces), *TINY_INPUT)
+    assert np.allclose(np.linalg.norm(prepared.targets, axis=1), 1.0, atol=1e-4)
+
+    student = nns.build(TINY_ARCH, TINY_INPUT, width=TINY_WIDTH)
+    head = T.make_head(prepared.targets.shape[1])
+    step = T.make_train_step(student, head, T.make_optimizer(cfg, TINY_STEPS), cfg)
+    labels = np.repeat(np.arange(TINY_IDENTITIES), TINY_PER_IDENTITY).astype(np.int32)
+    images = T.normalise(prepared.chips)
+    losses = [float(step(images, prepared.targets, labels)["loss"]) for _ in range(TINY_STEPS)]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-LOSS_WINDOW:]) < 0.8 * np.mean(losses[:LOSS_WINDOW]), losses
+
+    int8, float_model = T.export_models(student, TINY_ARCH, TINY_INPUT, TINY_WIDTH, images)
+    report = tflite_tools.inspect_model(int8)
+    assert report.fully_int8, report.float_ops
+    assert set(report.ops) <= tflite_tools.EDGETPU_OPS
+    assert not report.dynamic_input
+
+    out = tmp_path / "models"
+    out.mkdir()
+    for name, content in (("nns2_int8.tflite", int8), ("nns2_float.tflite", float_model)):
+        (out / name).write_bytes(content)
+    agreement = np.sum(T.run_tflite(int8, images) * T.run_tflite(float_model, images), axis=1)
+    assert agreement.mean() > 0.9
+    provenance = {"model": {"params": 1, "macs": 1, "flops": 2}, "source": {"teacher": TEACHER_KEY},
+                  "training": {}, "calibration_faces": len(images)}
+    entries = T.manifest_entries("nns2", int8, float_model, TINY_INPUT, provenance, agreement, "compatible")
+    (out / "manifest.json").write_text(json.dumps({"models": entries}), encoding="utf-8")
+    for key in ("nns2", "nns2_float"):
+        embedder = Embedder(Manifest.load(out).entry(key), num_threads=1)
+        face = tiny_faces[0]
+        vector = embedder(load_image(face.path), face.landmarks)
+        assert vector.shape == (1, nns.EMBEDDING_DIM)
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
