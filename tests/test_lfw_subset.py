@@ -24,8 +24,13 @@ def _subset(pairs):
 
 
 def _int8_embedders(manifest):
+    """The int8 embedders converted from published weights, each with its float source.
+
+    Models trained here (``training`` in the entry, e.g. nns2) are left to their training run, which measures the
+    int8 drop on all 6000 pairs: near 80% accuracy, 300 pairs swing by more than the 1 pt this test resolves.
+    """
     return [k for k, e in sorted(manifest.models.items())
-            if e.task == "face_embedding" and e.fields.get("float_reference")]
+            if e.task == "face_embedding" and e.fields.get("float_reference") and "training" not in e.fields]
 
 
 def test_int8_embedders_match_float_on_300_lfw_pairs(shared_data):
