@@ -202,13 +202,18 @@ def _cmd_run(args) -> int:
     sinks = []
     publisher = None
     if mqtt.enabled:
-        from edge.mqtt import MqttPublisher
+        from edge.mqtt import MqttError, MqttPublisher
         from edge.outbox import Outbox
 
         outbox = Outbox.open(mqtt.resolved_queue_path(), mqtt.queue_max_events)
         publisher = MqttPublisher(mqtt, config.camera.name, outbox, persons)
         publisher.start()
-        if not publisher.wait_connected(args.connect_timeout):
+        try:
+            connected = publisher.wait_connected(args.connect_timeout)
+        except MqttError:
+            publisher.stop(timeout=0)  # a refused login or certificate: retrying will not help
+            raise
+        if not connected:
             log.warning("MQTT broker %s:%d not reachable yet; events are queued on disk in %s and sent once it is",
                         mqtt.host, mqtt.port, mqtt.resolved_queue_path())
         sinks.append(publisher.publish_event)
