@@ -662,15 +662,7 @@ def run_reference(path: Path, inputs: np.ndarray) -> np.ndarray:
 
 def run_tflite(content: bytes, inputs: np.ndarray, num_threads: int = 1) -> np.ndarray:
     """A batch-1 model on normalised inputs, one at a time; outputs dequantized (N, 192)."""
-    interp = tfl.make_interpreter(content, num_threads=num_threads)
-    interp.allocate_tensors()
-    spec, out = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
-    results = np.zeros((len(inputs), out.shape[-1]), np.float32)
-    for i, x in enumerate(inputs):
-        interp.set_tensor(spec.index, tfl.quantize(x[None], spec))
-        interp.invoke()
-        results[i] = tfl.get_output(interp, out).reshape(-1)
-    return results
+    return tflite_tools.run_batch1(content, inputs, num_threads)
 
 
 def time_model(content: bytes, sample: np.ndarray, invokes: int = TIMING_INVOKES) -> dict:

@@ -57,6 +57,20 @@ class ModelReport:
         return not self.float_ops and self.input_dtype in ("int8", "uint8")
 
 
+def run_batch1(content: bytes, inputs: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    """A batch-1 model on already normalised inputs, one at a time (quantized as its input says); the outputs
+    dequantized, (N, width)."""
+    interp = tfl.make_interpreter(content, num_threads=num_threads)
+    interp.allocate_tensors()
+    spec, out = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
+    results = np.zeros((len(inputs), out.shape[-1]), np.float32)
+    for i, x in enumerate(inputs):
+        interp.set_tensor(spec.index, tfl.quantize(x[None], spec))
+        interp.invoke()
+        results[i] = tfl.get_output(interp, out).reshape(-1)
+    return results
+
+
 def inspect_model(model: bytes | str | Path) -> ModelReport:
     """Op names and float islands of a .tflite model, read through the interpreter (delegates off)."""
     content = Path(model).read_bytes() if isinstance(model, (str, Path)) else model

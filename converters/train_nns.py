@@ -62,6 +62,7 @@ from tqdm import tqdm
 from converters import datasets, manifest_io, nns, sources, tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face
+from edge.embedder import l2_normalise as unit_rows
 from edge.image_io import load_image
 from edge.manifest import MANIFEST_NAME, Manifest, default_models_dir
 
@@ -503,7 +504,7 @@ def embed(model, inputs: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """Unit embeddings of normalised inputs by a Keras model (inference mode)."""
     outs = [np.asarray(model(inputs[i:i + batch], training=False)) for i in range(0, len(inputs), batch)]
     raw = np.concatenate(outs) if outs else np.zeros((0, nns.EMBEDDING_DIM), np.float32)
-    return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), NORM_EPSILON)
+    return unit_rows(raw)
 
 
 # ------------------------------------------------------------------------------------------- checkpoint, history
@@ -598,15 +599,7 @@ def export_models(student, arch: nns.Architecture, input_shape: tuple[int, int, 
 
 def run_tflite(content: bytes, inputs: np.ndarray) -> np.ndarray:
     """A batch-1 model on normalised inputs; dequantized, L2-normalised outputs."""
-    interp = tfl.make_interpreter(content, num_threads=TEACHER_THREADS)
-    interp.allocate_tensors()
-    spec, out = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
-    results = np.zeros((len(inputs), out.shape[-1]), np.float32)
-    for i, x in enumerate(inputs):
-        interp.set_tensor(spec.index, tfl.quantize(x[None], spec))
-        interp.invoke()
-        results[i] = tfl.get_output(interp, out).reshape(-1)
-    return results / np.maximum(np.linalg.norm(results, axis=1, keepdims=True), NORM_EPSILON)
+    return unit_rows(tflite_tools.run_batch1(content, inputs, TEACHER_THREADS))
 
 
 def file_name(key: str) -> str:

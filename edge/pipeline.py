@@ -111,8 +111,9 @@ class Recognizer:
         if self.keep_crops:
             self._chips.update((final_ids[i], chip) for i, chip in chips.items())
         events = tuple(self._event(d) for d in update.decisions)
-        for track_id in set(self._chips) - set(self.tracker.boxes()):  # tracks that ended undecided
-            del self._chips[track_id]
+        if self._chips:  # drop the chips of tracks that ended undecided
+            for track_id in set(self._chips) - set(self.tracker.boxes()):
+                del self._chips[track_id]
         self.seconds["track"] += self._clock() - t4
         self.counts["faces"] += len(detections)
         self.counts["embedded"] += len(chips)
