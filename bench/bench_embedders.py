@@ -3,7 +3,10 @@
 Every ``face_embedding`` model of the manifest is timed on real aligned faces (train-faces crops aligned with the
 model's own template), through the runtime's :class:`edge.embedder.Embedder`. No TensorFlow.
 
-    python -m bench.bench_embedders [--threads 1 2] [--invokes 50]
+    python -m bench.bench_embedders [--threads 1 2] [--invokes 50] [--record]
+
+``--record`` also writes each model's medians into its manifest entry (``latency``) and regenerates its card, so
+that a card states the speed measured here, with the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from bench.bench_mtcnn import _graph_interpreter, count_macs, machine_info
+from converters import manifest_io
 from converters.datasets import load_train_faces
 from edge.embedder import Embedder
 from edge.image_io import load_image
@@ -60,12 +64,28 @@ def time_model(entry, threads: int, invokes: int) -> dict:
             "p90_ms": float(np.percentile(times, 90))}
 
 
+def record_in_manifest(manifest: Manifest, rows: list[dict], machine: dict) -> None:
+    """Each row's medians into its manifest entry's ``latency`` block; the cards are regenerated."""
+    entries = {}
+    for row in rows:
+        entry = manifest.entry(row["key"])
+        latency = {"median_ms_by_threads": {t: round(r["median_ms"], 3) for t, r in row["threads"].items()},
+                   "machine": f"{machine['cpu_model'] or machine['processor']}, {machine['cpu_count']} CPUs",
+                   "interpreter": f"{machine['backend']} {machine['backend_version'] or ''}".strip(),
+                   "measured_by": "python -m bench.bench_embedders --record"}
+        entries[row["key"]] = {**entry.fields, "latency": latency}
+    manifest_io.update_manifest(manifest.path.parent, entries)
+    manifest_io.write_cards(manifest.path.parent, sorted(entries))
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--invokes", type=int, default=DEFAULT_INVOKES)
     parser.add_argument("--models", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--record", action="store_true",
+                        help="write the medians into the manifest entries and regenerate their cards")
     args = parser.parse_args(argv)
     manifest = Manifest.load(args.models)
     keys = [k for k, e in sorted(manifest.models.items()) if e.task == "face_embedding"]
@@ -99,6 +119,8 @@ def main(argv: Optional[list] = None) -> int:
     (args.out / f"{NAME}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (args.out / f"{NAME}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
+    if args.record:
+        record_in_manifest(manifest, rows, report["machine"])
     return 0
 
 

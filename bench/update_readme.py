@@ -23,6 +23,7 @@ BLOCKS = {
     "mtcnn_latency_door": ROOT / "bench" / "results" / "mtcnn_latency_door.md",
     "embedder_latency": ROOT / "bench" / "results" / "embedder_latency.md",
     "lfw_eval": ROOT / "reports" / "lfw_eval.md",
+    "nns2_learning_curve": ROOT / "reports" / "nns2_learning_curve.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
 }

@@ -71,6 +71,12 @@ def _cmd_train_nns(args) -> int:
     return train_nns.main(args)
 
 
+def _cmd_learning_curve(args) -> int:
+    from converters import learning_curve
+
+    return learning_curve.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface-convert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -102,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_nns_arguments(train_nns)
     train_nns.set_defaults(func=_cmd_train_nns)
+
+    curve = sub.add_parser("learning-curve", help="LFW accuracy against training-set size, from finished "
+                                                  "train-nns runs (--fraction 0.25, 0.5, 1)")
+    from converters.learning_curve import add_arguments as learning_curve_arguments
+
+    learning_curve_arguments(curve)
+    curve.set_defaults(func=_cmd_learning_curve)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
     evaluate.add_argument("what", choices=["mtcnn", "lfw"])

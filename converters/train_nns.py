@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, manifest_io, nns, sources, tflite_tools
+from converters import datasets, landmark_check, manifest_io, nns, sources, tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face
 from edge.embedder import l2_normalise as unit_rows
@@ -628,6 +628,9 @@ def manifest_entries(key: str, int8: bytes, float_model: bytes, input_shape: tup
         "embedding": {"dim": nns.EMBEDDING_DIM, "metric": "cosine", "normalise": "l2 on host"},
         "source": {"trained": "here, doorface-convert train-nns", **provenance["source"]},
         "training": provenance["training"],
+        "model": {"architecture": f"{key.upper()}-class Inception (converters/nns.py)",
+                  "input_hw": [height, width], "params": summary["params"], "macs": summary["macs"],
+                  "flops": summary["flops"], "flops_convention": "2 x MACs (FaceNet's tables count MACs)"},
     }
     description = (f"{key.upper()}: FaceNet-class small Inception embedder ({summary['params']:,} params, "
                    f"{summary['macs'] / 1e6:.1f}M MACs = {summary['flops'] / 1e6:.1f}M FLOPs at {height}x{width}), "
@@ -706,6 +709,7 @@ class Prepared:
     teacher_sha256: str
     input_shape: tuple[int, int, int]
     data_sha256: str
+    landmarks: landmark_check.LandmarkAgreement  # the data's landmarks against our MTCNN
 
 
 def prepare(cfg: TrainConfig, manifest: Manifest, input_shape: Optional[tuple[int, int, int]] = None,
@@ -719,12 +723,29 @@ def prepare(cfg: TrainConfig, manifest: Manifest, input_shape: Optional[tuple[in
     else:
         data_sha = data_digest(faces)
     digest = data_digest(faces)
+    landmarks = check_landmarks(faces, manifest, seed=cfg.seed)
     size = (input_shape[1], input_shape[0])
     chips = cached_chips(faces, nns.alignment_template(size), size, digest)
     teacher = manifest.entry(resolve_teacher(manifest, cfg.teacher))
     targets = cached_teacher(faces, teacher, digest)
     split = split_identities([f.identity for f in faces], cfg.val_fraction, cfg.fraction, cfg.seed)
-    return Prepared(list(faces), split, chips, targets, teacher.key, teacher.sha256, input_shape, data_sha)
+    return Prepared(list(faces), split, chips, targets, teacher.key, teacher.sha256, input_shape, data_sha,
+                    landmarks)
+
+
+def check_landmarks(faces: Sequence[datasets.TrainFace], manifest: Manifest,
+                    seed: int = 0) -> landmark_check.LandmarkAgreement:
+    """The data's landmarks (the ``mtcnn`` package's) against our int8 MTCNN on a seeded sample; training refuses
+    to start when they disagree, since the runtime aligns with ours."""
+    from edge.detector import MtcnnDetector
+
+    agreement = landmark_check.measure(faces, MtcnnDetector.from_manifest(manifest), seed=seed)
+    tqdm.write(f"train-faces landmarks vs our MTCNN: {agreement.line()}")
+    if not agreement.agrees:
+        raise ValueError(f"the training faces' landmarks disagree with our MTCNN ({agreement.line()}; worst: "
+                         f"{agreement.worst}): chips would be framed unlike the runtime's. Re-detect the "
+                         "landmarks of the set with `doorface detect`, or fix its manifest.csv")
+    return agreement
 
 
 def configure_threads(threads: int) -> None:
@@ -833,7 +854,9 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
                              f"relational + {cfg.triplet_weight} semi-hard triplet (margin {cfg.triplet_margin})",
                      "val_accuracy": round(float(last.get("val_accuracy", float("nan"))), 5),
                      "val_auc": round(float(last.get("val_auc", float("nan"))), 5),
-                     "teacher_val_accuracy": round(float(last.get("teacher_val_accuracy", float("nan"))), 5)},
+                     "teacher_val_accuracy": round(float(last.get("teacher_val_accuracy", float("nan"))), 5),
+                     "landmarks_vs_our_mtcnn": {k: v for k, v in prepared.landmarks.to_json().items()
+                                                if k in ("faces", "missed", "median_nme", "p95_nme", "agrees")}},
         "calibration_faces": int(len(calibration)),
     }
     entries = manifest_entries(key, int8, float_model, prepared.input_shape, provenance, agreement,
@@ -874,7 +897,7 @@ def new_run_dir(arch: str, root: Path = RUNS_DIR) -> Path:
 
 def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] = None, lfw: bool = True,
         steps_per_epoch: Optional[int] = None, models: Optional[Path] = None,
-        resume_epochs: Optional[int] = None) -> Path:
+        resume_epochs: Optional[int] = None, resume_threads: Optional[int] = None) -> Path:
     """Prepare, train (or resume), export into ``out`` and evaluate on LFW; returns the run folder.
 
     ``out`` defaults to the shipped models folder for a full-data run, and to ``<run>/models`` (seeded with the
@@ -888,6 +911,8 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
         cfg = TrainConfig.from_json(stored["config"])
         if resume_epochs:
             cfg = dataclasses.replace(cfg, epochs=resume_epochs)
+        if resume_threads:
+            cfg = dataclasses.replace(cfg, threads=resume_threads)
     else:
         run_dir = new_run_dir(cfg.arch)
     manifest = Manifest.load(models)
@@ -899,6 +924,7 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
         "data": {"train_identities": prepared.split.train_identities, "train_faces": int(len(prepared.split.train)),
                  "val_identities": prepared.split.val_identities, "val_faces": int(len(prepared.split.val)),
                  "data_manifest_sha256": prepared.data_sha256},
+        "landmarks": prepared.landmarks.to_json(),
         "teacher": {"key": prepared.teacher_key, "sha256": prepared.teacher_sha256},
         "model": {"params": nns.count_params(model), "macs": nns.count_macs(model), "flops": nns.count_flops(model),
                   "input_shape": list(prepared.input_shape)},
@@ -930,7 +956,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
     parser.add_argument("--teacher", default=defaults.teacher,
                         help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"TensorFlow threads (default: {defaults.threads}; with --resume: the stored value, or "
+                             "this one: it changes speed, not results)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="override the steps per epoch (default: training faces / batch size)")
@@ -948,13 +976,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
-                       learning_rate=args.lr, width=args.width, teacher=args.teacher, threads=args.threads,
+                       learning_rate=args.lr, width=args.width, teacher=args.teacher,
+                       threads=args.threads or TrainConfig.threads,
                        seed=args.seed)
 
 
 def main(args) -> int:
     run_dir = run(config_from_args(args), resume=args.resume, out=args.out, lfw=args.lfw,
-                  steps_per_epoch=args.steps_per_epoch, models=args.models, resume_epochs=args.epochs)
+                  steps_per_epoch=args.steps_per_epoch, models=args.models, resume_epochs=args.epochs,
+                  resume_threads=args.threads)
     print(f"run folder: {run_dir}")
     return 0
 

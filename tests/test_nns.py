@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from converters import nns, tflite_tools
+from converters import landmark_check, nns, tflite_tools
 from converters import train_nns as T
 
 TINY_INPUT = (64, 56, 3)  # (h, w, c)
@@ -187,3 +187,29 @@ def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
         vector = embedder(load_image(face.path), face.landmarks)
         assert vector.shape == (1, nns.EMBEDDING_DIM)
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_nme_by_hand():
+    theirs = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float64)  # inter-ocular 40
+    ours = theirs + [[4, 0], [0, 0], [0, 0], [0, 0], [0, 0]]
+    assert landmark_check.nme(ours, theirs) == pytest.approx(4 / 5 / 40)
+    with pytest.raises(ValueError, match="both eyes"):
+        landmark_check.nme(ours, np.zeros((5, 2)))
+
+
+def test_train_faces_landmarks_agree_with_our_mtcnn(tiny_faces):
+    """The set's landmarks (the ``mtcnn`` package's) frame faces as our int8 MTCNN does, and a set whose landmarks
+    are off by a fifth of the inter-ocular distance is caught."""
+    from edge.detector import MtcnnDetector
+
+    detector = MtcnnDetector.from_manifest()
+    agreement = landmark_check.measure(tiny_faces, detector)
+    assert agreement.faces == len(tiny_faces) and agreement.missed == 0
+    assert agreement.agrees and agreement.median_nme < landmark_check.MAX_MEDIAN_NME, agreement
+
+    def shifted(face):
+        eyes = np.linalg.norm(face.landmarks[0] - face.landmarks[1])
+        return dataclasses.replace(face, landmarks=face.landmarks + np.float32([0.2 * eyes, 0.1 * eyes]))
+
+    off = landmark_check.measure([shifted(f) for f in tiny_faces], detector)
+    assert not off.agrees and off.median_nme > 0.15, off

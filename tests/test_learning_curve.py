@@ -1,0 +1,58 @@
+"""The learning-curve report over train-nns run folders (:mod:`converters.learning_curve`)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from converters import learning_curve as LC
+
+
+def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", lfw=True):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "config": {"arch": arch, "fraction": fraction},
+        "data": {"train_identities": faces // 7, "train_faces": faces}}))
+    (run / "history.json").write_text(json.dumps([{"epoch": e + 1, "val_accuracy": accuracy - 0.01}
+                                                  for e in range(epochs)]))
+    if lfw:
+        model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
+        (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {arch: model, f"{arch}_float": model}}))
+    return run
+
+
+def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
+    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80),
+            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.70),
+            _run(tmp_path, "half", fraction=0.5, faces=4000, accuracy=0.75)]
+    points = LC.collect(runs)
+    assert [p.run for p in points] == ["quarter", "half", "full"]
+    assert LC.gain_per_doubling(points) == pytest.approx(0.05)
+    paths = LC.write(points, tmp_path / "out")
+    text = paths["md"].read_text()
+    assert "| 25% |" in text and "+5.00 points" in text
+    assert paths["png"].stat().st_size > 1000
+    assert json.loads(paths["json"].read_text())["gain_per_doubling"] == pytest.approx(0.05)
+
+
+def test_runs_must_share_arch_and_schedule(tmp_path):
+    a = _run(tmp_path, "a", fraction=0.5, faces=4000, accuracy=0.75, epochs=20)
+    b = _run(tmp_path, "b", fraction=1.0, faces=8000, accuracy=0.80, epochs=50)
+    with pytest.raises(ValueError, match="epochs"):
+        LC.collect([a, b])
+    with pytest.raises(ValueError, match="at least 2"):
+        LC.collect([a])
+
+
+def test_unfinished_run_is_named(tmp_path):
+    run = _run(tmp_path, "running", fraction=1.0, faces=8000, accuracy=0.8, lfw=False)
+    with pytest.raises(FileNotFoundError, match="lfw.json"):
+        LC.read_run(run)
+
+
+def test_gain_is_undefined_without_a_spread_of_sizes():
+    point = LC.CurvePoint("x", "nns2", 1.0, 20, 100, 800, 0.8, 0.01, 0.8, 0.2, 0.8)
+    assert math.isnan(LC.gain_per_doubling([point, point]))
