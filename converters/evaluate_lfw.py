@@ -306,6 +306,10 @@ def record_in_manifest(results: dict, manifest: Manifest) -> None:
             "lfw_roc_auc": round(r["roc_auc"], 5),
             "lfw_tar_at_far_1e-3": round(r["tar_at_far_1e-3"], 5),
         }
+        reference = results["models"].get(entry.get("float_reference", ""))
+        if reference is not None:  # the card then states what int8 cost, measured in the same run
+            entry["accuracy"]["float_reference_lfw_accuracy"] = round(reference["accuracy_mean"], 5)
+            entry["accuracy"]["int8_loss_points"] = round(100 * (reference["accuracy_mean"] - r["accuracy_mean"]), 2)
         entries[key] = entry
     folder = manifest.path.parent
     manifest_io.update_manifest(folder, entries)

@@ -67,3 +67,32 @@ def test_fit_calibration_recovers_a_known_logistic():
     fitted_slope, fitted_intercept = evaluate_lfw.fit_calibration(distances, same)
     assert abs(fitted_slope - slope) < 3.0
     assert abs(fitted_intercept - intercept) < 0.3
+
+
+def test_record_in_manifest_states_the_int8_cost(tmp_path):
+    """Thresholds, accuracy and, for an int8 model measured beside its float reference, what int8 cost."""
+    import json
+    import shutil
+
+    from edge.manifest import Manifest, default_models_dir
+
+    shipped = Manifest.load(default_models_dir())
+    keys = ("mobilefacenet", "mobilefacenet_float")
+    entries = {k: shipped.entry(k).fields for k in keys}
+    for key in keys:
+        shutil.copyfile(shipped.entry(key).path, tmp_path / entries[key]["file"])
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": entries}), encoding="utf-8")
+
+    def result(accuracy):
+        return {"threshold_best_accuracy": 0.6, "threshold_far_1e-3": 0.5, "calibration": {"intercept": 5.0,
+                "slope": -9.0}, "accuracy_mean": accuracy, "accuracy_std": 0.004, "roc_auc": 0.999,
+                "tar_at_far_1e-3": 0.98}
+
+    results = {"models": {"mobilefacenet": result(0.9930), "mobilefacenet_float": result(0.9937)}}
+    evaluate_lfw.record_in_manifest(results, Manifest.load(tmp_path))
+    written = json.loads((tmp_path / "manifest.json").read_text())["models"]
+    assert written["mobilefacenet"]["accuracy"]["int8_loss_points"] == pytest.approx(0.07)
+    assert written["mobilefacenet"]["accuracy"]["float_reference_lfw_accuracy"] == 0.9937
+    assert "int8_loss_points" not in written["mobilefacenet_float"]["accuracy"]
+    assert written["mobilefacenet"]["thresholds"]["far_1e-3"] == 0.5
+    assert "int8_loss_points" in (tmp_path / "cards" / "mobilefacenet.md").read_text()
