@@ -63,3 +63,31 @@ def test_enrollment_while_running_is_picked_up(tmp_path, models, shared_data):
             Frame(f.image, f.index, f.timestamp + 100.0, f.source)).events]
     assert [e.name for e in events] == ["Lin-Manuel Miranda"]
     assert events[0].confidence > 0.5
+
+
+def _shipped_int8_embedders() -> list[str]:
+    from edge.manifest import Manifest
+
+    manifest = Manifest.load()
+    return [k for k, e in sorted(manifest.models.items())
+            if e.task == "face_embedding" and e.input.dtype in ("int8", "uint8")]
+
+
+@pytest.mark.parametrize("key", _shipped_int8_embedders())
+def test_any_shipped_embedder_is_selected_by_name_and_recorded(tmp_path, key):
+    """`embedder.model: <key>` runs that model end to end, and the gallery it enrolls into names it."""
+    config = load_config()
+    config = replace(config, embedder=replace(config.embedder, model=key))
+    models = load_models(config, threads=2)
+    assert models.embedder.key == key
+    entry = models.manifest.entry(key)
+    with open_gallery(config, models.embedder.spec, path=tmp_path / "g.sqlite") as gallery:
+        report = enroll_photos(gallery, "Lin-Manuel Miranda", [REPO_ROOT / "demo" / "lin-manuel-miranda.jpg"],
+                               models.detector, models.embedder)
+        assert report.enrolled == 1
+        assert (gallery.embedder_key, gallery.embedder_sha256) == (key, entry.sha256)
+        assert gallery.dim == entry.fields["embedding"]["dim"]
+        recognizer = build_recognizer(config, models, gallery)
+        result = recognizer.process(portrait_frames(None, 1)[0])
+    face, = result.faces
+    assert face.match is not None and face.match.name == "Lin-Manuel Miranda"  # the enrolled photo itself
