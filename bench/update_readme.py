@@ -107,8 +107,53 @@ def mqtt_reference() -> str:
     return "\n".join(lines)
 
 
-GENERATORS = {"models": (MANIFEST, models_table), "config": (CONFIG_SOURCE, config_table),
-              "mqtt": (DISCOVERY_SOURCE, mqtt_reference)}
+EMBEDDER_LATENCY = ROOT / "bench" / "results" / "embedder_latency.json"
+# Issue 6's targets: (key, LFW accuracy target, FLOP budget).
+NNS_TARGETS = (("nns1", 0.990, 250e6), ("nns2", 0.970, 25e6))
+NNS_MAX_INT8_LOSS_POINTS = 0.3
+NNS_SPEEDUP_TARGET, NNS_SPEEDUP_KEYS = 5.0, ("nns2", "mobilefacenet")
+
+
+def nns_targets() -> str:
+    """Where the NNS-class embedders stand against their targets: accuracy and int8 cost from the manifest (written
+    by the LFW protocol), FLOPs from the entries' model block, latency from bench/results/embedder_latency.json."""
+    models = json.loads(MANIFEST.read_text(encoding="utf-8"))["models"]
+    rows = ["| target | reached | met |", "|---|---|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    for key, target, budget in NNS_TARGETS:
+        entry = models.get(key)
+        if entry is None or "accuracy" not in entry:
+            rows.append(f"| `{key}`: LFW ≥ {100 * target:.1f}% | not shipped or not measured | **no** |")
+            continue
+        acc = entry["accuracy"]
+        rows.append(f"| `{key}`: LFW ≥ {100 * target:.1f}% (int8) | {100 * acc['lfw_accuracy']:.2f} ± "
+                    f"{100 * acc['lfw_accuracy_std']:.2f}% | {verdict(acc['lfw_accuracy'] >= target)} |")
+        if "int8_loss_points" in acc:
+            loss = acc["int8_loss_points"]
+            rows.append(f"| `{key}`: int8 loses ≤ {NNS_MAX_INT8_LOSS_POINTS} pt | {loss:+.2f} pt (float "
+                        f"{100 * acc['float_reference_lfw_accuracy']:.2f}%) | "
+                        f"{verdict(loss <= NNS_MAX_INT8_LOSS_POINTS)} |")
+        if "model" in entry:
+            flops = entry["model"]["flops"]
+            rows.append(f"| `{key}`: ≤ {budget / 1e6:.0f}M FLOPs (2 × MACs) | {flops / 1e6:.1f}M FLOPs, "
+                        f"{entry['model']['params'] / 1e6:.2f}M params | {verdict(flops <= budget)} |")
+    if EMBEDDER_LATENCY.is_file():
+        bench = {r["key"]: r for r in json.loads(EMBEDDER_LATENCY.read_text(encoding="utf-8"))["models"]}
+        fast, slow = (bench.get(k, {}).get("threads", {}).get("1") for k in NNS_SPEEDUP_KEYS)
+        if fast and slow:
+            speedup = slow["median_ms"] / fast["median_ms"]
+            rows.append(f"| `{NNS_SPEEDUP_KEYS[0]}` ≥ {NNS_SPEEDUP_TARGET:.0f}× faster than int8 "
+                        f"`{NNS_SPEEDUP_KEYS[1]}` (1 thread) | {fast['median_ms']:.2f} vs {slow['median_ms']:.2f} ms: "
+                        f"{speedup:.1f}× | {verdict(speedup >= NNS_SPEEDUP_TARGET)} |")
+    return ("Issue 6's targets against the shipped models (accuracy: LFW protocol above; latency: "
+            "`bench/results/embedder_latency.json`).\n\n" + "\n".join(rows))
+
+
+GENERATORS = {"models": (MANIFEST, models_table), "nns_targets": (MANIFEST, nns_targets),
+              "config": (CONFIG_SOURCE, config_table), "mqtt": (DISCOVERY_SOURCE, mqtt_reference)}
 PATTERN = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 

@@ -16,8 +16,8 @@ def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", lfw=T
     (run / "config.json").write_text(json.dumps({
         "config": {"arch": arch, "fraction": fraction},
         "data": {"train_identities": faces // 7, "train_faces": faces}}))
-    (run / "history.json").write_text(json.dumps([{"epoch": e + 1, "val_accuracy": accuracy - 0.01}
-                                                  for e in range(epochs)]))
+    history = [{"epoch": e + 1, "val_accuracy": accuracy - 0.01, "steps": faces // 64} for e in range(epochs)]
+    (run / "history.json").write_text(json.dumps(history))
     if lfw:
         model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
         (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {arch: model, f"{arch}_float": model}}))
@@ -33,7 +33,7 @@ def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
     assert LC.gain_per_doubling(points) == pytest.approx(0.05)
     paths = LC.write(points, tmp_path / "out")
     text = paths["md"].read_text()
-    assert "| 25% |" in text and "+5.00 points" in text
+    assert "| 25% | 285 | 2,000 | 620 |" in text and "+5.00 points" in text
     assert paths["png"].stat().st_size > 1000
     assert json.loads(paths["json"].read_text())["gain_per_doubling"] == pytest.approx(0.05)
 
@@ -54,5 +54,5 @@ def test_unfinished_run_is_named(tmp_path):
 
 
 def test_gain_is_undefined_without_a_spread_of_sizes():
-    point = LC.CurvePoint("x", "nns2", 1.0, 20, 100, 800, 0.8, 0.01, 0.8, 0.2, 0.8)
+    point = LC.CurvePoint("x", "nns2", 1.0, 20, 250, 100, 800, 0.8, 0.01, 0.8, 0.2, 0.8)
     assert math.isnan(LC.gain_per_doubling([point, point]))
