@@ -6,7 +6,9 @@ Data
     identities (nested: the 25% set is inside the 50% set), for the learning curve. LFW is never read before the
     final evaluation: it is the test set. Every face is aligned once with :func:`edge.align.align_face` onto the
     student's template and cached as uint8 ``.npy`` under ``$DOORFACE_CACHE/nns`` (default
-    ``~/.cache/doorface/nns``), keyed by the template, chip size and the data manifest's sha256.
+    ``~/.cache/doorface/nns``), keyed by the template, chip size and the data manifest's sha256. Before that,
+    :mod:`converters.landmark_check` compares the data's landmarks with our int8 MTCNN on a seeded sample and
+    refuses to train on a set that disagrees (the runtime aligns with ours).
 
 Teacher
     Distillation reads the teacher's embedding of the same face, aligned to *the teacher's* template and run
