@@ -66,16 +66,14 @@ def time_model(entry, threads: int, invokes: int) -> dict:
 
 def record_in_manifest(manifest: Manifest, rows: list[dict], machine: dict) -> None:
     """Each row's medians into its manifest entry's ``latency`` block; the cards are regenerated."""
-    entries = {}
+    fields = {}
     for row in rows:
-        entry = manifest.entry(row["key"])
         latency = {"median_ms_by_threads": {t: round(r["median_ms"], 3) for t, r in row["threads"].items()},
                    "machine": f"{machine['cpu_model'] or machine['processor']}, {machine['cpu_count']} CPUs",
                    "interpreter": f"{machine['backend']} {machine['backend_version'] or ''}".strip(),
                    "measured_by": "python -m bench.bench_embedders --record"}
-        entries[row["key"]] = {**entry.fields, "latency": latency}
-    manifest_io.update_manifest(manifest.path.parent, entries)
-    manifest_io.write_cards(manifest.path.parent, sorted(entries))
+        fields[row["key"]] = {"latency": latency}
+    manifest_io.merge_fields(manifest.path.parent, fields)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -289,10 +289,9 @@ def record_in_manifest(results: dict, manifest: Manifest) -> None:
     """Write each model's LFW thresholds and accuracy into its manifest entry (other fields untouched) + card."""
     from converters import manifest_io
 
-    entries = {}
+    fields = {}
     for key, r in results["models"].items():
-        entry = dict(manifest.entry(key).fields)
-        entry["thresholds"] = {
+        thresholds = {
             "best_accuracy": round(r["threshold_best_accuracy"], 6),
             "far_1e-3": round(r["threshold_far_1e-3"], 6),
             # P(same person | distance) = 1 / (1 + exp(-(intercept + slope * distance))), equal priors
@@ -300,20 +299,18 @@ def record_in_manifest(results: dict, manifest: Manifest) -> None:
             "metric": "cosine distance (1 - cos) of L2-normalised embeddings; same person if <= threshold",
             "from": "LFW View-2, 6000 pairs, our int8 MTCNN + alignment",
         }
-        entry["accuracy"] = {
+        accuracy = {
             "lfw_accuracy": round(r["accuracy_mean"], 5),
             "lfw_accuracy_std": round(r["accuracy_std"], 5),
             "lfw_roc_auc": round(r["roc_auc"], 5),
             "lfw_tar_at_far_1e-3": round(r["tar_at_far_1e-3"], 5),
         }
-        reference = results["models"].get(entry.get("float_reference", ""))
+        reference = results["models"].get(manifest.entry(key).fields.get("float_reference", ""))
         if reference is not None:  # the card then states what int8 cost, measured in the same run
-            entry["accuracy"]["float_reference_lfw_accuracy"] = round(reference["accuracy_mean"], 5)
-            entry["accuracy"]["int8_loss_points"] = round(100 * (reference["accuracy_mean"] - r["accuracy_mean"]), 2)
-        entries[key] = entry
-    folder = manifest.path.parent
-    manifest_io.update_manifest(folder, entries)
-    manifest_io.write_cards(folder, sorted(entries))
+            accuracy["float_reference_lfw_accuracy"] = round(reference["accuracy_mean"], 5)
+            accuracy["int8_loss_points"] = round(100 * (reference["accuracy_mean"] - r["accuracy_mean"]), 2)
+        fields[key] = {"thresholds": thresholds, "accuracy": accuracy}
+    manifest_io.merge_fields(manifest.path.parent, fields)
 
 
 def main(args) -> int:

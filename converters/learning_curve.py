@@ -47,8 +47,11 @@ def read_run(run_dir: Path) -> CurvePoint:
     lfw = json.loads(lfw_path.read_text(encoding="utf-8"))
     history = json.loads(history_path.read_text(encoding="utf-8"))
     arch = config["config"]["arch"]
-    if lfw.get("pairs") != 6000:
-        raise ValueError(f"{lfw_path}: {lfw.get('pairs')} LFW pairs, the curve needs the full 6000-pair protocol")
+    from converters.evaluate_lfw import FULL_PROTOCOL_PAIRS  # here: the CLI builds its parser from this module
+
+    if lfw.get("pairs") != FULL_PROTOCOL_PAIRS:
+        raise ValueError(f"{lfw_path}: {lfw.get('pairs')} LFW pairs, the curve needs the full "
+                         f"{FULL_PROTOCOL_PAIRS}-pair protocol")
     int8, float_ = lfw["models"][arch], lfw["models"][f"{arch}_float"]
     return CurvePoint(run=run_dir.name, arch=arch, fraction=float(config["config"]["fraction"]),
                       epochs=len(history), steps=sum(int(h.get("steps", 0)) for h in history),

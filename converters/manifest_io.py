@@ -28,6 +28,18 @@ def update_manifest(models_dir: Path, entries: dict[str, dict]) -> Path:
     return path
 
 
+def merge_fields(models_dir: Path, fields_by_key: dict[str, dict]) -> None:
+    """Add or replace top-level fields of existing entries (measurements: accuracy, thresholds, latency), leaving
+    their other fields alone, and regenerate those entries' cards."""
+    path = models_dir / MANIFEST_NAME
+    models = json.loads(path.read_text(encoding="utf-8"))["models"]
+    missing = sorted(set(fields_by_key) - set(models))
+    if missing:
+        raise KeyError(f"{path} has no entry {', '.join(missing)} to add fields to")
+    update_manifest(models_dir, {key: {**models[key], **fields} for key, fields in fields_by_key.items()})
+    write_cards(models_dir, sorted(fields_by_key))
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
