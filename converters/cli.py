@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_nns = sub.add_parser("train-nns", help="train a FaceNet NNS1/NNS2 embedder on train-faces (distillation + "
                                                  "triplet), export int8 + float, evaluate on LFW")
-    from converters.train_nns import add_arguments as train_nns_arguments  # no TensorFlow import
+    from converters.train_config import add_arguments as train_nns_arguments
 
     train_nns_arguments(train_nns)
     train_nns.set_defaults(func=_cmd_train_nns)

@@ -62,6 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters import datasets, landmark_check, manifest_io, nns, sources, tflite_tools
+from converters.train_config import TEACHER_PREFERENCE, Augmentation, TrainConfig, add_arguments, config_from_args
 from edge import interpreter as tfl
 from edge.align import align_face
 from edge.embedder import l2_normalise as unit_rows
@@ -72,7 +73,6 @@ log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs")
 CACHE_SUBDIR = "nns"
-TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
 TEACHER_THREADS = 2
 CHECKPOINT_NAME = "checkpoint.npz"
 CALIBRATION_FACES = 500
@@ -84,81 +84,6 @@ NORM_EPSILON = 1e-12
 SEMI_HARD_SENTINEL = 1e9  # "no candidate" distance inside the vectorised mining
 LICENSE = ("research use only: trained on CelebA crops (CelebA agreement: non-commercial research use only), "
            "distilled from a shipped teacher")
-
-
-# ----------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Probabilities and ranges of the door-camera augmentations (see the module docstring)."""
-
-    flip: float = 0.5
-    max_rotation_deg: float = 8.0
-    max_scale: float = 0.08  # ± relative
-    max_shift: float = 0.05  # ± fraction of the chip size
-    downscale: float = 0.35  # probability of down-and-up scaling
-    downscale_range: tuple[float, float] = (0.3, 0.8)  # of the chip size
-    blur: float = 0.25
-    blur_sigma: tuple[float, float] = (0.4, 1.4)
-    colour: float = 0.8
-    brightness: float = 0.25  # ± additive, fraction of the range
-    contrast: float = 0.25  # ± relative
-    saturation: float = 0.3  # ± relative
-    grey: float = 0.1
-    jpeg: float = 0.35
-    jpeg_quality: tuple[int, int] = (30, 90)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    arch: str = "nns2"
-    epochs: int = 20
-    fraction: float = 1.0  # share of training identities (learning curve)
-    batch_identities: int = 16  # P
-    per_identity: int = 4  # K
-    learning_rate: float = 3e-3  # peak, after the warm-up
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05  # AdamW (decoupled), not on batch-norm parameters or biases
-    distill_weight: float = 1.0
-    relation_weight: float = 10.0  # its gradient per face is ~1/batch of the cosine term's: rebalanced
-    triplet_weight: float = 1.0
-    triplet_margin: float = 0.2
-    val_fraction: float = 0.05
-    seed: int = 0
-    width: float = 1.0  # width multiplier of the architecture (1.0 = the shipped budget)
-    teacher: str = "auto"  # manifest key, or "auto" = the first of TEACHER_PREFERENCE present
-    threads: int = 2
-    augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_identities * self.per_identity
-
-    def validate(self) -> None:
-        if self.arch not in nns.ARCHITECTURES:
-            raise ValueError(f"--arch must be one of {sorted(nns.ARCHITECTURES)}, got {self.arch!r}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.batch_identities < 2 or self.per_identity < 2:
-            raise ValueError("triplets need at least 2 identities per batch and 2 faces per identity "
-                             f"(got --batch-identities {self.batch_identities}, --per-identity {self.per_identity})")
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        fields = dict(data)
-        augmentation = fields.pop("augmentation", {}) or {}
-        augmentation = {k: tuple(v) if isinstance(v, list) else v for k, v in augmentation.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"config.json has unknown fields {unknown}: was it written by another version?")
-        return cls(**fields, augmentation=Augmentation(**augmentation))
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -939,48 +864,6 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
     if lfw:
         evaluate_lfw([cfg.arch, f"{cfg.arch}_float"], Path(out), run_dir)
     return run_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train-nns`` options (shared by ``doorface-convert train-nns`` and ``python -m``)."""
-    defaults = TrainConfig()
-    parser.add_argument("--arch", choices=sorted(nns.ARCHITECTURES), default=defaults.arch)
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"total epochs (default: {defaults.epochs}; with --resume: the stored total, or "
-                             "this new one)")
-    parser.add_argument("--fraction", type=float, default=defaults.fraction,
-                        help="share of the training identities, for a learning curve (default: %(default)s)")
-    parser.add_argument("--batch-identities", type=int, default=defaults.batch_identities,
-                        help="P identities per batch (default: %(default)s)")
-    parser.add_argument("--per-identity", type=int, default=defaults.per_identity,
-                        help="K faces per identity (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
-    parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
-    parser.add_argument("--teacher", default=defaults.teacher,
-                        help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"TensorFlow threads (default: {defaults.threads}; with --resume: the stored value, or "
-                             "this one: it changes speed, not results)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="override the steps per epoch (default: training faces / batch size)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint (its config is reused)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="models folder to write the int8 + float models into (default: the shipped "
-                             "quantized_models for --fraction 1, else <run>/models)")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="models folder holding the teacher and the detector (default: quantized_models)")
-    parser.add_argument("--lfw", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the LFW protocol on the exported models (default: on)")
-
-
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
-                       batch_identities=args.batch_identities, per_identity=args.per_identity,
-                       learning_rate=args.lr, width=args.width, teacher=args.teacher,
-                       threads=args.threads or TrainConfig.threads,
-                       seed=args.seed)
 
 
 def main(args) -> int:

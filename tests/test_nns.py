@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from converters import landmark_check, nns, tflite_tools
+from converters import landmark_check, nns, tflite_tools, train_config
 from converters import train_nns as T
 
 TINY_INPUT = (64, 56, 3)  # (h, w, c)
@@ -112,6 +112,26 @@ def test_augment_keeps_shape_and_changes_pixels():
     outs = [T.augment(chip, rng, T.Augmentation()) for _ in range(4)]
     assert all(o.shape == chip.shape and o.dtype == np.uint8 for o in outs)
     assert all(np.abs(o.astype(int) - chip).mean() > 1 for o in outs)
+
+
+def test_config_lists_the_architectures_nns_builds():
+    assert set(train_config.ARCHITECTURE_NAMES) == set(nns.ARCHITECTURES)
+
+
+def test_command_line_config_round_trips_through_config_json():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_config.add_arguments(parser)
+    cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
+                                                           "--epochs", "3"]))
+    assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
+    stored = json.loads(json.dumps(cfg.to_json()))  # as written to and read from a run's config.json
+    assert train_config.TrainConfig.from_json(stored) == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        train_config.TrainConfig.from_json({**stored, "momentum": 0.9})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--augmentation", "heavy"])
 
 
 def test_checkpoint_round_trip(tmp_path):
