@@ -77,6 +77,12 @@ def _cmd_learning_curve(args) -> int:
     return learning_curve.main(args)
 
 
+def _cmd_compare_runs(args) -> int:
+    from converters import run_report
+
+    return run_report.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface-convert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -115,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     learning_curve_arguments(curve)
     curve.set_defaults(func=_cmd_learning_curve)
+
+    compare = sub.add_parser("compare-runs", help="finished train-nns runs side by side: what their recipes differ "
+                                                  "in, their length and LFW result")
+    from converters.run_report import add_arguments as compare_runs_arguments
+
+    compare_runs_arguments(compare)
+    compare.set_defaults(func=_cmd_compare_runs)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
     evaluate.add_argument("what", choices=["mtcnn", "lfw"])

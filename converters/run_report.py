@@ -1,0 +1,109 @@
+"""``doorface-convert compare-runs RUN...``: finished train-nns runs side by side, with what their recipes differ in.
+
+Run folders (``runs/<arch>-<timestamp>/``) are git-ignored; this report is how their figures get into the
+repository and the README. For each run: the settings in which it differs from the others (the augmentation shown
+by its preset name, see :data:`converters.train_config.AUGMENTATIONS`), its length in epochs and optimiser steps,
+the epochs where the learning rate jumped back up (a ``--resume`` with a longer ``--epochs`` restarts the cosine
+schedule there), its held-out validation accuracy and its LFW result (int8 and float).
+
+Writes ``<out>/<name>.{json,md}`` (default ``reports/nns_runs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from converters.learning_curve import CurvePoint, read_run
+from converters.train_config import AUGMENTATIONS, Augmentation, TrainConfig
+
+# Settings that say how a run was executed, not what it learned (threads change speed only).
+NOT_RECIPE = ("threads",)
+RESTART_JUMP = 1.05  # an epoch whose learning rate exceeds the previous one's by this factor restarted the schedule
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    point: CurvePoint  # LFW, data and length, as the learning curve reads them
+    recipe: dict  # flattened config: setting → value
+    restarts: tuple[int, ...]  # epochs where the learning rate jumped back up
+
+
+def augmentation_name(augmentation: Augmentation) -> str:
+    for name, preset in AUGMENTATIONS.items():
+        if preset == augmentation:
+            return name
+    return "custom"
+
+
+def recipe_of(config: dict) -> dict:
+    cfg = TrainConfig.from_json(config)
+    flat = {k: v for k, v in cfg.to_json().items() if k not in NOT_RECIPE and k != "augmentation"}
+    flat["augmentation"] = augmentation_name(cfg.augmentation)
+    return flat
+
+
+def restarts_of(history: Sequence[dict]) -> tuple[int, ...]:
+    return tuple(int(h["epoch"]) for prev, h in zip(history, history[1:])
+                 if float(h["lr"]) > RESTART_JUMP * float(prev["lr"]))
+
+
+def read_summary(run_dir: Path) -> RunSummary:
+    point = read_run(run_dir)  # raises with a clear message if the run is unfinished
+    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["config"]
+    history = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
+    return RunSummary(point, recipe_of(config), restarts_of(history))
+
+
+def differences(summaries: Sequence[RunSummary]) -> list[str]:
+    """The recipe settings whose values are not the same in every run (arch and epochs have their own columns)."""
+    keys = sorted({k for s in summaries for k in s.recipe} - {"arch", "epochs"})
+    return [k for k in keys if len({json.dumps(s.recipe.get(k)) for s in summaries}) > 1]
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown(summaries: Sequence[RunSummary]) -> str:
+    varying = differences(summaries)
+    rows = ["train-nns runs compared (`doorface-convert compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
+            "+ alignment. *Recipe* lists only the settings that differ between these runs.", "",
+            "| run | arch | recipe | epochs | steps | LR restarts at epoch | held-out val acc. | LFW int8 | "
+            "LFW float |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        p = s.point
+        recipe = ", ".join(f"{k} {_value(s.recipe.get(k))}" for k in varying) or "same"
+        restarts = ", ".join(str(e) for e in s.restarts) or "none"
+        rows.append(f"| `{p.run}` | {p.arch} | {recipe} | {p.epochs} | {p.steps:,} | {restarts} | "
+                    f"{100 * p.val_accuracy:.2f}% | {100 * p.lfw_int8:.2f} ± {100 * p.lfw_int8_std:.2f}% | "
+                    f"{100 * p.lfw_float:.2f}% |")
+    return "\n".join(rows) + "\n"
+
+
+def write(summaries: Sequence[RunSummary], out: Path, name: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{name}.{ext}" for ext in ("json", "md")}
+    runs = [{**asdict(s.point), "recipe": s.recipe, "restarts": list(s.restarts)} for s in summaries]
+    paths["json"].write_text(json.dumps({"runs": runs, "differing_settings": differences(summaries)}, indent=2)
+                             + "\n", encoding="utf-8")
+    paths["md"].write_text(markdown(summaries), encoding="utf-8")
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished train-nns run folders")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON and markdown")
+    parser.add_argument("--name", default="nns_runs", help="file stem of the report (default: %(default)s)")
+
+
+def main(args) -> int:
+    summaries = [read_summary(Path(d)) for d in args.runs]
+    paths = write(summaries, args.out, args.name)
+    print(markdown(summaries))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0

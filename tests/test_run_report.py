@@ -1,0 +1,54 @@
+"""The train-nns run comparison (:mod:`converters.run_report`) over run folders as the trainer writes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from converters import run_report as RR
+from converters.train_config import AUGMENTATIONS, TrainConfig
+
+
+def _run(root, name, cfg: TrainConfig, lrs, accuracy):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "config": cfg.to_json(), "data": {"train_identities": 1345, "train_faces": 9472}}))
+    history = [{"epoch": e + 1, "lr": lr, "steps": 148, "val_accuracy": accuracy - 0.01} for e, lr in enumerate(lrs)]
+    (run / "history.json").write_text(json.dumps(history))
+    model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
+    (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {cfg.arch: model, f"{cfg.arch}_float": model}}))
+    return run
+
+
+def test_runs_show_only_the_settings_they_differ_in(tmp_path):
+    base = TrainConfig(arch="nns2", epochs=4, threads=1)
+    door = _run(tmp_path, "door", base, [3e-3, 2e-3, 1e-3, 0.0], 0.80)
+    light = _run(tmp_path, "light", dataclasses.replace(base, augmentation=AUGMENTATIONS["light"], threads=2),
+                 [3e-3, 2e-3, 1e-3, 0.0], 0.82)
+    # resumed with a longer --epochs: the cosine schedule restarts at epoch 3
+    longer = _run(tmp_path, "longer", dataclasses.replace(base, epochs=6), [3e-3, 0.0, 1.5e-3, 1e-3, 5e-4, 0.0], 0.84)
+    summaries = [RR.read_summary(r) for r in (door, light, longer)]
+    assert RR.differences(summaries) == ["augmentation"]  # threads change speed only; epochs have their own column
+    assert [s.restarts for s in summaries] == [(), (), (3,)]
+    paths = RR.write(summaries, tmp_path / "out", "cmp")
+    text = paths["md"].read_text()
+    assert "| `light` | nns2 | augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% |" in text
+    assert "| `longer` | nns2 | augmentation door | 6 | 888 | 3 |" in text
+    stored = json.loads(paths["json"].read_text())
+    assert stored["differing_settings"] == ["augmentation"] and stored["runs"][2]["restarts"] == [3]
+
+
+def test_hand_edited_augmentation_is_called_custom():
+    tweaked = dataclasses.replace(AUGMENTATIONS["door"], blur=0.0)
+    assert RR.augmentation_name(tweaked) == "custom"
+    assert RR.augmentation_name(AUGMENTATIONS["light"]) == "light"
+
+
+def test_unfinished_run_is_named(tmp_path):
+    run = _run(tmp_path, "running", TrainConfig(), [3e-3], 0.8)
+    (run / "lfw.json").unlink()
+    with pytest.raises(FileNotFoundError, match="lfw.json"):
+        RR.read_summary(run)
