@@ -4,7 +4,8 @@ Run folders (``runs/<arch>-<timestamp>/``) are git-ignored; this report is how t
 repository and the README. For each run: the settings in which it differs from the others (the augmentation shown
 by its preset name, see :data:`converters.train_config.AUGMENTATIONS`), its length in epochs and optimiser steps,
 the epochs where the learning rate jumped back up (a ``--resume`` with a longer ``--epochs`` restarts the cosine
-schedule there), its held-out validation accuracy and its LFW result (int8 and float).
+schedule there), its held-out validation accuracy, its LFW result (int8 and float) and the faces its int8 export
+was calibrated on (from ``export.json``).
 
 Writes ``<out>/<name>.{json,md}`` (default ``reports/nns_runs``).
 """
@@ -30,6 +31,12 @@ class RunSummary:
     point: CurvePoint  # LFW, data and length, as the learning curve reads them
     recipe: dict  # flattened config: setting → value
     restarts: tuple[int, ...]  # epochs where the learning rate jumped back up
+    int8_sha256: str  # of the int8 model the run's LFW result is for
+    calibration_faces: int  # post-training quantization samples of that export
+
+    @property
+    def int8_loss_points(self) -> float:
+        return 100 * (self.point.lfw_float - self.point.lfw_int8)
 
 
 def augmentation_name(augmentation: Augmentation) -> str:
@@ -55,7 +62,10 @@ def read_summary(run_dir: Path) -> RunSummary:
     point = read_run(run_dir)  # raises with a clear message if the run is unfinished
     config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["config"]
     history = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
-    return RunSummary(point, recipe_of(config), restarts_of(history))
+    lfw = json.loads((Path(run_dir) / "lfw.json").read_text(encoding="utf-8"))
+    export = json.loads((Path(run_dir) / "export.json").read_text(encoding="utf-8"))
+    return RunSummary(point, recipe_of(config), restarts_of(history), str(lfw["models"][point.arch].get("sha256", "")),
+                      int(export[point.arch]["calibration"]["samples"]))
 
 
 def differences(summaries: Sequence[RunSummary]) -> list[str]:
@@ -68,30 +78,41 @@ def _value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def markdown(summaries: Sequence[RunSummary]) -> str:
+def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozenset()) -> str:
+    """``shipped``: the sha256 of the int8 models in the manifest; their runs are marked."""
     varying = differences(summaries)
     rows = ["train-nns runs compared (`doorface-convert compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
-            "+ alignment. *Recipe* lists only the settings that differ between these runs.", "",
+            "+ alignment. *Recipe* lists only the settings that differ between these runs; **shipped** marks the "
+            "runs whose int8 model is in the manifest.", "",
             "| run | arch | recipe | epochs | steps | LR restarts at epoch | held-out val acc. | LFW int8 | "
-            "LFW float |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "LFW float | int8 loss | calibration faces |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         p = s.point
         recipe = ", ".join(f"{k} {_value(s.recipe.get(k))}" for k in varying) or "same"
         restarts = ", ".join(str(e) for e in s.restarts) or "none"
-        rows.append(f"| `{p.run}` | {p.arch} | {recipe} | {p.epochs} | {p.steps:,} | {restarts} | "
+        run = f"`{p.run}`" + (" **shipped**" if s.int8_sha256 in shipped else "")
+        rows.append(f"| {run} | {p.arch} | {recipe} | {p.epochs} | {p.steps:,} | {restarts} | "
                     f"{100 * p.val_accuracy:.2f}% | {100 * p.lfw_int8:.2f} ± {100 * p.lfw_int8_std:.2f}% | "
-                    f"{100 * p.lfw_float:.2f}% |")
+                    f"{100 * p.lfw_float:.2f}% | {s.int8_loss_points:+.2f} pt | {s.calibration_faces:,} |")
     return "\n".join(rows) + "\n"
 
 
-def write(summaries: Sequence[RunSummary], out: Path, name: str) -> dict[str, Path]:
+def shipped_sha256(models: Path) -> frozenset[str]:
+    from edge.manifest import Manifest
+
+    return frozenset(entry.sha256 for entry in Manifest.load(models).models.values())
+
+
+def write(summaries: Sequence[RunSummary], out: Path, name: str,
+          shipped: frozenset[str] = frozenset()) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{name}.{ext}" for ext in ("json", "md")}
-    runs = [{**asdict(s.point), "recipe": s.recipe, "restarts": list(s.restarts)} for s in summaries]
+    runs = [{**asdict(s.point), "recipe": s.recipe, "restarts": list(s.restarts), "int8_sha256": s.int8_sha256,
+             "int8_loss_points": s.int8_loss_points, "shipped": s.int8_sha256 in shipped} for s in summaries]
     paths["json"].write_text(json.dumps({"runs": runs, "differing_settings": differences(summaries)}, indent=2)
                              + "\n", encoding="utf-8")
-    paths["md"].write_text(markdown(summaries), encoding="utf-8")
+    paths["md"].write_text(markdown(summaries, shipped), encoding="utf-8")
     return paths
 
 
@@ -99,11 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished train-nns run folders")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON and markdown")
     parser.add_argument("--name", default="nns_runs", help="file stem of the report (default: %(default)s)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="models folder whose manifest says which runs are shipped (default: quantized_models)")
 
 
 def main(args) -> int:
+    from edge.manifest import default_models_dir
+
     summaries = [read_summary(Path(d)) for d in args.runs]
-    paths = write(summaries, args.out, args.name)
-    print(markdown(summaries))
+    shipped = shipped_sha256(args.models or default_models_dir())
+    paths = write(summaries, args.out, args.name, shipped)
+    print(markdown(summaries, shipped))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0

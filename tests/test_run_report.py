@@ -9,6 +9,7 @@ import pytest
 
 from converters import run_report as RR
 from converters.train_config import AUGMENTATIONS, TrainConfig
+from edge.manifest import Manifest, default_models_dir
 
 
 def _run(root, name, cfg: TrainConfig, lrs, accuracy):
@@ -18,8 +19,11 @@ def _run(root, name, cfg: TrainConfig, lrs, accuracy):
         "config": cfg.to_json(), "data": {"train_identities": 1345, "train_faces": 9472}}))
     history = [{"epoch": e + 1, "lr": lr, "steps": 148, "val_accuracy": accuracy - 0.01} for e, lr in enumerate(lrs)]
     (run / "history.json").write_text(json.dumps(history))
-    model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
-    (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {cfg.arch: model, f"{cfg.arch}_float": model}}))
+    model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4, "sha256": name * 8}
+    float_model = {**model, "accuracy_mean": accuracy + 0.002, "sha256": name * 9}
+    (run / "export.json").write_text(json.dumps({cfg.arch: {"calibration": {"samples": 2000}}}))
+    (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {cfg.arch: model,
+                                                                        f"{cfg.arch}_float": float_model}}))
     return run
 
 
@@ -33,12 +37,20 @@ def test_runs_show_only_the_settings_they_differ_in(tmp_path):
     summaries = [RR.read_summary(r) for r in (door, light, longer)]
     assert RR.differences(summaries) == ["augmentation"]  # threads change speed only; epochs have their own column
     assert [s.restarts for s in summaries] == [(), (), (3,)]
-    paths = RR.write(summaries, tmp_path / "out", "cmp")
+    paths = RR.write(summaries, tmp_path / "out", "cmp", shipped=frozenset({"longer" * 8}))
     text = paths["md"].read_text()
-    assert "| `light` | nns2 | augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% |" in text
-    assert "| `longer` | nns2 | augmentation door | 6 | 888 | 3 |" in text
+    assert ("| `light` | nns2 | augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% | 82.20% | +0.20 pt "
+            "| 2,000 |" in text)
+    assert "| `longer` **shipped** | nns2 | augmentation door | 6 | 888 | 3 |" in text
+    assert "`door` **shipped**" not in text
     stored = json.loads(paths["json"].read_text())
     assert stored["differing_settings"] == ["augmentation"] and stored["runs"][2]["restarts"] == [3]
+    assert [r["shipped"] for r in stored["runs"]] == [False, False, True]
+
+
+def test_shipped_runs_are_read_from_the_manifest():
+    shipped = RR.shipped_sha256(default_models_dir())
+    assert Manifest.load().entry("nns2").sha256 in shipped
 
 
 def test_hand_edited_augmentation_is_called_custom():
