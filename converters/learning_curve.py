@@ -35,14 +35,19 @@ class CurvePoint:
     val_accuracy: float  # held-out train-faces identities, last epoch
 
 
+def run_file(run_dir: Path, name: str) -> Path:
+    """``run_dir / name`` of a finished run; a clear error when it is missing (the run is unfinished or not one)."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished train-nns run with an LFW result "
+                                "(run `doorface-convert train-nns` to the end, without --no-lfw)")
+    return path
+
+
 def read_run(run_dir: Path) -> CurvePoint:
     """One finished run's point; a clear error if the run has no LFW result yet."""
     run_dir = Path(run_dir)
-    config_path, lfw_path, history_path = (run_dir / n for n in ("config.json", "lfw.json", "history.json"))
-    for path in (config_path, lfw_path, history_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished train-nns run with an LFW result "
-                                    "(run `doorface-convert train-nns` to the end, without --no-lfw)")
+    config_path, lfw_path, history_path = (run_file(run_dir, n) for n in ("config.json", "lfw.json", "history.json"))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     lfw = json.loads(lfw_path.read_text(encoding="utf-8"))
     history = json.loads(history_path.read_text(encoding="utf-8"))

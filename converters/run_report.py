@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from converters.learning_curve import CurvePoint, read_run
+from converters.learning_curve import CurvePoint, read_run, run_file
 from converters.train_config import AUGMENTATIONS, Augmentation, TrainConfig
 
 # Settings that say how a run was executed, not what it learned (threads change speed only).
@@ -60,11 +60,13 @@ def restarts_of(history: Sequence[dict]) -> tuple[int, ...]:
 
 def read_summary(run_dir: Path) -> RunSummary:
     point = read_run(run_dir)  # raises with a clear message if the run is unfinished
-    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["config"]
-    history = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
-    lfw = json.loads((Path(run_dir) / "lfw.json").read_text(encoding="utf-8"))
-    export = json.loads((Path(run_dir) / "export.json").read_text(encoding="utf-8"))
-    return RunSummary(point, recipe_of(config), restarts_of(history), str(lfw["models"][point.arch].get("sha256", "")),
+
+    def load(name: str):
+        return json.loads(run_file(run_dir, name).read_text(encoding="utf-8"))
+
+    config, history, lfw, export = (load(n) for n in ("config.json", "history.json", "lfw.json", "export.json"))
+    return RunSummary(point, recipe_of(config["config"]), restarts_of(history),
+                      str(lfw["models"][point.arch].get("sha256", "")),
                       int(export[point.arch]["calibration"]["samples"]))
 
 

@@ -64,3 +64,7 @@ def test_unfinished_run_is_named(tmp_path):
     (run / "lfw.json").unlink()
     with pytest.raises(FileNotFoundError, match="lfw.json"):
         RR.read_summary(run)
+    finished_without_export = _run(tmp_path, "no-export", TrainConfig(), [3e-3], 0.8)
+    (finished_without_export / "export.json").unlink()
+    with pytest.raises(FileNotFoundError, match="export.json not found: .* is not a finished train-nns run"):
+        RR.read_summary(finished_without_export)
