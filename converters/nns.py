@@ -88,7 +88,6 @@ class Architecture:
     stem: tuple[int, ...]  # channels of the 3×3/2 stem conv, then of 3×3 convs after the stem pool (if any)
     modules: tuple[Inception, ...]
     separable: bool  # depthwise-separable 3×3 branches
-    dropout: float = 0.2  # before the embedding layer, training only
     embedding_dim: int = EMBEDDING_DIM
 
 
@@ -201,10 +200,12 @@ def _global_depthwise(x):
 
 
 def build(arch: Architecture, input_shape: Optional[tuple[int, int, int]] = None, *, width: float = 1.0,
-          batch_size: Optional[int] = None):
+          batch_size: Optional[int] = None, dropout: float = 0.0):
     """The Keras model of ``arch`` (optionally at another input size or width multiplier, e.g. for tests).
 
     ``batch_size=1`` gives the static shapes an int8/EdgeTPU export wants; ``None`` is for training.
+    ``dropout`` (a training setting, see :class:`converters.train_config.TrainConfig`) goes before the embedding
+    layer; it holds no weights, so a model built without it takes the trained weights as they are.
     """
     import keras
 
@@ -219,8 +220,8 @@ def build(arch: Architecture, input_shape: Optional[tuple[int, int, int]] = None
     for i, spec in enumerate(arch.modules, start=1):
         x = _inception(x, spec, width, arch.separable, f"inc{i}")
     x = _global_depthwise(x)
-    if arch.dropout:
-        x = keras.layers.Dropout(arch.dropout, name="dropout")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(arch.embedding_dim, name="embedding")(x)
     return keras.Model(inputs, outputs, name=arch.name)
 

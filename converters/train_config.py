@@ -57,6 +57,7 @@ class TrainConfig:
     learning_rate: float = 3e-3  # peak, after the warm-up
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05  # AdamW (decoupled), not on batch-norm parameters or biases
+    dropout: float = 0.2  # before the embedding layer
     distill_weight: float = 1.0
     relation_weight: float = 10.0  # its gradient per face is ~1/batch of the cosine term's: rebalanced
     triplet_weight: float = 1.0
@@ -80,6 +81,8 @@ class TrainConfig:
         if self.batch_identities < 2 or self.per_identity < 2:
             raise ValueError("triplets need at least 2 identities per batch and 2 faces per identity "
                              f"(got --batch-identities {self.batch_identities}, --per-identity {self.per_identity})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
 
@@ -112,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-identity", type=int, default=defaults.per_identity,
                         help="K faces per identity (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--dropout", type=float, default=defaults.dropout,
+                        help="dropout before the embedding layer (default: %(default)s)")
     parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
     parser.add_argument("--teacher", default=defaults.teacher,
                         help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
@@ -137,6 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
-                       learning_rate=args.lr, width=args.width, teacher=args.teacher,
+                       learning_rate=args.lr, dropout=args.dropout, width=args.width, teacher=args.teacher,
                        threads=args.threads or TrainConfig.threads,
                        seed=args.seed, augmentation=AUGMENTATIONS[args.augmentation])

@@ -697,7 +697,7 @@ def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = Fa
     """
     configure_threads(cfg.threads)
     arch = nns.ARCHITECTURES[cfg.arch]
-    student = nns.build(arch, prepared.input_shape, width=cfg.width)
+    student = nns.build(arch, prepared.input_shape, width=cfg.width, dropout=cfg.dropout)
     head = make_head(prepared.targets.shape[1])
     labels = np.asarray([f.identity for f in prepared.faces])
     members, weights = identity_table(labels, prepared.split.train)

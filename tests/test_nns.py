@@ -124,10 +124,16 @@ def test_command_line_config_round_trips_through_config_json():
     parser = argparse.ArgumentParser()
     train_config.add_arguments(parser)
     cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
-                                                           "--epochs", "3"]))
+                                                           "--epochs", "3", "--dropout", "0"]))
     assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
+    assert cfg.dropout == 0.0
     stored = json.loads(json.dumps(cfg.to_json()))  # as written to and read from a run's config.json
     assert train_config.TrainConfig.from_json(stored) == cfg
+    # Runs from before --dropout existed trained with the then-fixed 0.2, which is still the default.
+    older = {k: v for k, v in stored.items() if k != "dropout"}
+    assert train_config.TrainConfig.from_json(older).dropout == 0.2
+    with pytest.raises(ValueError, match="--dropout"):
+        dataclasses.replace(cfg, dropout=1.0).validate()
     with pytest.raises(ValueError, match="unknown fields"):
         train_config.TrainConfig.from_json({**stored, "momentum": 0.9})
     with pytest.raises(SystemExit):
