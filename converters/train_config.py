@@ -15,6 +15,8 @@ from pathlib import Path
 # The architectures of converters.nns; repeated here (and checked against it by a test) so that building the
 # parser does not import the model code.
 ARCHITECTURE_NAMES = ("nns1", "nns2")
+# Issue 6: int8 may cost at most this much LFW accuracy against the float model it was quantized from.
+MAX_INT8_LFW_LOSS_POINTS = 0.3
 TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
 
 

@@ -239,3 +239,13 @@ def test_train_faces_landmarks_agree_with_our_mtcnn(tiny_faces):
 
     off = landmark_check.measure([shifted(f) for f in tiny_faces], detector)
     assert not off.agrees and off.median_nme > 0.15, off
+
+
+def test_int8_lfw_loss_over_the_limit_is_warned():
+    # The LFW summaries of the 60-epoch nns1 exported with 2000 and with 4000 calibration faces.
+    with_2000 = {"nns1": {"accuracy_mean": 0.92933}, "nns1_float": {"accuracy_mean": 0.93333}}
+    with_4000 = {"nns1": {"accuracy_mean": 0.93283}, "nns1_float": {"accuracy_mean": 0.93333}}
+    warning = T.int8_loss_warning(with_2000, "nns1")
+    assert warning and "0.40 pt" in warning and "CALIBRATION_FACES" in warning
+    assert T.int8_loss_warning(with_4000, "nns1") is None
+    assert T.int8_loss_warning(with_2000, "nns1_float") is None  # no float reference of a float model
