@@ -285,6 +285,19 @@ def plot_roc(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def float_reference_result(results: dict, manifest: Manifest, key: str) -> Optional[dict]:
+    """The result of ``key``'s float reference (its manifest ``float_reference``) in the same run, if evaluated."""
+    return results["models"].get(manifest.entry(key).fields.get("float_reference", ""))
+
+
+def int8_loss_points(results: dict, manifest: Manifest, key: str) -> Optional[float]:
+    """LFW accuracy points ``key`` loses against its float reference in the same run; None without one."""
+    reference = float_reference_result(results, manifest, key)
+    if reference is None:
+        return None
+    return 100 * (reference["accuracy_mean"] - results["models"][key]["accuracy_mean"])
+
+
 def record_in_manifest(results: dict, manifest: Manifest) -> None:
     """Write each model's LFW thresholds and accuracy into its manifest entry (other fields untouched) + card."""
     from converters import manifest_io
@@ -305,10 +318,10 @@ def record_in_manifest(results: dict, manifest: Manifest) -> None:
             "lfw_roc_auc": round(r["roc_auc"], 5),
             "lfw_tar_at_far_1e-3": round(r["tar_at_far_1e-3"], 5),
         }
-        reference = results["models"].get(manifest.entry(key).fields.get("float_reference", ""))
+        reference = float_reference_result(results, manifest, key)
         if reference is not None:  # the card then states what int8 cost, measured in the same run
             accuracy["float_reference_lfw_accuracy"] = round(reference["accuracy_mean"], 5)
-            accuracy["int8_loss_points"] = round(100 * (reference["accuracy_mean"] - r["accuracy_mean"]), 2)
+            accuracy["int8_loss_points"] = round(int8_loss_points(results, manifest, key), 2)
         fields[key] = {"thresholds": thresholds, "accuracy": accuracy}
     manifest_io.merge_fields(manifest.path.parent, fields)
 

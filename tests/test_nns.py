@@ -15,6 +15,7 @@ import pytest
 
 from converters import landmark_check, nns, tflite_tools, train_config
 from converters import train_nns as T
+from edge.manifest import Manifest
 
 TINY_INPUT = (64, 56, 3)  # (h, w, c)
 TINY_WIDTH = 0.25
@@ -242,10 +243,16 @@ def test_train_faces_landmarks_agree_with_our_mtcnn(tiny_faces):
 
 
 def test_int8_lfw_loss_over_the_limit_is_warned():
-    # The LFW summaries of the 60-epoch nns1 exported with 2000 and with 4000 calibration faces.
-    with_2000 = {"nns1": {"accuracy_mean": 0.92933}, "nns1_float": {"accuracy_mean": 0.93333}}
-    with_4000 = {"nns1": {"accuracy_mean": 0.93283}, "nns1_float": {"accuracy_mean": 0.93333}}
-    warning = T.int8_loss_warning(with_2000, "nns1")
+    # The LFW results of the 60-epoch nns1 exported with 2000 and with 4000 calibration faces.
+    from converters import evaluate_lfw
+
+    manifest = Manifest.load()
+    with_2000 = {"models": {"nns1": {"accuracy_mean": 0.92933}, "nns1_float": {"accuracy_mean": 0.93333}}}
+    with_4000 = {"models": {"nns1": {"accuracy_mean": 0.93283}, "nns1_float": {"accuracy_mean": 0.93333}}}
+    loss = evaluate_lfw.int8_loss_points(with_2000, manifest, "nns1")  # pairs nns1 with its float_reference
+    assert loss == pytest.approx(0.40)
+    warning = T.int8_loss_warning("nns1", loss)
     assert warning and "0.40 pt" in warning and "CALIBRATION_FACES" in warning
-    assert T.int8_loss_warning(with_4000, "nns1") is None
-    assert T.int8_loss_warning(with_2000, "nns1_float") is None  # no float reference of a float model
+    assert T.int8_loss_warning("nns1", evaluate_lfw.int8_loss_points(with_4000, manifest, "nns1")) is None
+    no_reference = evaluate_lfw.int8_loss_points(with_2000, manifest, "nns1_float")  # a float model has none
+    assert no_reference is None and T.int8_loss_warning("nns1_float", no_reference) is None
