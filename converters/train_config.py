@@ -14,7 +14,11 @@ from pathlib import Path
 
 # The architectures of converters.nns; repeated here (and checked against it by a test) so that building the
 # parser does not import the model code.
-ARCHITECTURE_NAMES = ("nns1", "nns2")
+ARCHITECTURE_NAMES = ("nns1", "nns2", "nns2fc")
+# What --resume may change of a stored run: how long it trains and how fast. Every other setting is the run's recipe.
+RESUME_OVERRIDES = ("epochs", "threads")
+# TrainConfig fields whose command-line option is not --<field-with-dashes>.
+OPTION_NAMES = {"learning_rate": "--lr"}
 # Issue 6: int8 may cost at most this much LFW accuracy against the float model it was quantized from.
 MAX_INT8_LFW_LOSS_POINTS = 0.3
 TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
@@ -101,6 +105,27 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config.json has unknown fields {unknown}: was it written by another version?")
         return cls(**fields, augmentation=Augmentation(**augmentation))
+
+
+def _option_value(name: str, value) -> str:
+    if name == "augmentation":
+        return next((preset for preset, aug in AUGMENTATIONS.items() if aug == value), "a custom mix")
+    return repr(value)
+
+
+def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> list[str]:
+    """The settings of ``requested`` that ``--resume`` would ignore: set away from their defaults and different
+    from the stored run's recipe (which a resume keeps, apart from :data:`RESUME_OVERRIDES`)."""
+    defaults = TrainConfig()
+    conflicts = []
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        asked, kept = getattr(requested, name), getattr(stored, name)
+        if name in RESUME_OVERRIDES or asked == getattr(defaults, name) or asked == kept:
+            continue
+        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        conflicts.append(f"{option} {_option_value(name, asked)} (the run has {_option_value(name, kept)})")
+    return conflicts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

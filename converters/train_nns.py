@@ -69,6 +69,7 @@ from converters.train_config import (
     TrainConfig,
     add_arguments,
     config_from_args,
+    resume_conflicts,
 )
 from edge import interpreter as tfl
 from edge.align import align_face
@@ -860,7 +861,12 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
     if resume is not None:
         run_dir = Path(resume)
         stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        cfg = TrainConfig.from_json(stored["config"])
+        stored_cfg = TrainConfig.from_json(stored["config"])
+        conflicts = resume_conflicts(stored_cfg, cfg)
+        if conflicts:
+            raise ValueError(f"--resume {run_dir} keeps the run's own recipe, so {'; '.join(conflicts)} would be "
+                             "ignored: drop them, or start a new run (without --resume) to train with them")
+        cfg = stored_cfg
         if resume_epochs:
             cfg = dataclasses.replace(cfg, epochs=resume_epochs)
         if resume_threads:

@@ -52,6 +52,11 @@ def test_architectures_use_int8_friendly_layers_only(full_model):
             assert layer.max_value == nns.RELU_CAP, layer.name
 
 
+def test_architecture_rejects_an_unknown_head():
+    with pytest.raises(ValueError, match="head must be one of"):
+        dataclasses.replace(nns.NNS2, head="average")
+
+
 def test_count_macs_by_hand():
     import keras
 
@@ -117,6 +122,29 @@ def test_augment_keeps_shape_and_changes_pixels():
 
 def test_config_lists_the_architectures_nns_builds():
     assert set(train_config.ARCHITECTURE_NAMES) == set(nns.ARCHITECTURES)
+
+
+def test_resume_names_the_recipe_options_it_would_ignore():
+    stored = train_config.TrainConfig(arch="nns1", epochs=60, dropout=0.2)
+    # Only the length and the speed may change; options left at their defaults or equal to the run's are no conflict.
+    assert train_config.resume_conflicts(stored, train_config.TrainConfig()) == []
+    assert train_config.resume_conflicts(stored, train_config.TrainConfig(arch="nns1", epochs=80, threads=1)) == []
+    asked = train_config.TrainConfig(learning_rate=1e-3, dropout=0.0,
+                                     augmentation=train_config.AUGMENTATIONS["light"])
+    assert train_config.resume_conflicts(stored, asked) == [
+        "--lr 0.001 (the run has 0.003)", "--dropout 0.0 (the run has 0.2)",
+        "--augmentation light (the run has door)"]
+
+
+def test_resume_with_ignored_options_fails_before_touching_the_run(tmp_path):
+    run_dir = tmp_path / "nns1-run"
+    run_dir.mkdir()
+    config = run_dir / "config.json"
+    config.write_text(json.dumps({"config": train_config.TrainConfig(arch="nns1").to_json()}), encoding="utf-8")
+    before = config.read_bytes()
+    with pytest.raises(ValueError, match=r"--dropout 0\.0 \(the run has 0\.2\).*start a new run"):
+        T.run(train_config.TrainConfig(arch="nns1", dropout=0.0), resume=run_dir, models=tmp_path / "none")
+    assert config.read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 
 
 def test_command_line_config_round_trips_through_config_json():
