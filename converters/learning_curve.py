@@ -23,6 +23,7 @@ from typing import Sequence
 class CurvePoint:
     run: str
     arch: str
+    key: str  # the manifest key its models were exported and evaluated under (see converters.nns.Architecture)
     fraction: float
     epochs: int
     steps: int  # optimiser steps in all (a smaller share takes fewer per epoch)
@@ -57,8 +58,9 @@ def read_run(run_dir: Path) -> CurvePoint:
     if lfw.get("pairs") != FULL_PROTOCOL_PAIRS:
         raise ValueError(f"{lfw_path}: {lfw.get('pairs')} LFW pairs, the curve needs the full "
                          f"{FULL_PROTOCOL_PAIRS}-pair protocol")
-    int8, float_ = lfw["models"][arch], lfw["models"][f"{arch}_float"]
-    return CurvePoint(run=run_dir.name, arch=arch, fraction=float(config["config"]["fraction"]),
+    key = config.get("model", {}).get("key", arch)  # runs from before variants exported under their arch name
+    int8, float_ = lfw["models"][key], lfw["models"][f"{key}_float"]
+    return CurvePoint(run=run_dir.name, arch=arch, key=key, fraction=float(config["config"]["fraction"]),
                       epochs=len(history), steps=sum(int(h.get("steps", 0)) for h in history),
                       train_identities=int(config["data"]["train_identities"]),
                       train_faces=int(config["data"]["train_faces"]), lfw_int8=float(int8["accuracy_mean"]),

@@ -90,6 +90,7 @@ class Inception:
 @dataclass(frozen=True)
 class Architecture:
     name: str
+    key: str  # the manifest key it ships under: its FaceNet class ("nns1", "nns2"); variants of a class share it
     input_shape: tuple[int, int, int]  # (h, w, c)
     stem: tuple[int, ...]  # channels of the 3×3/2 stem conv, then of 3×3 convs after the stem pool (if any)
     modules: tuple[Inception, ...]
@@ -106,6 +107,7 @@ class Architecture:
 # The widths were tuned (see `python -m converters.nns`) to sit just under the FLOP budgets at full width.
 NNS1 = Architecture(
     name="nns1",
+    key="nns1",
     input_shape=NNS1_INPUT,
     stem=(24,),
     modules=(
@@ -122,6 +124,7 @@ NNS1 = Architecture(
 )
 NNS2 = Architecture(
     name="nns2",
+    key="nns2",
     input_shape=NNS2_INPUT,
     stem=(12,),
     modules=(
@@ -137,7 +140,7 @@ NNS2 = Architecture(
 )
 # NNS2-class with a fully connected head: nns2's training loss stalls with 0.30M params (the paper's NNS2 has 4.3M),
 # so this one trades the last module's 1×1 and pool branches (-0.7M MACs) for a dense layer over the 5×4 map
-# (+0.9M MACs, +0.9M params) and stays within the same 25M-FLOP budget.
+# (+0.9M MACs, +0.9M params) and stays within the same 25M-FLOP budget. It ships as `nns2` when it is the better one.
 NNS2_FC = dataclasses.replace(
     NNS2, name="nns2fc", head="flatten",
     modules=NNS2.modules[:-1] + (dataclasses.replace(NNS2.modules[-1], b1=64, pool=32),))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from converters.learning_curve import CurvePoint, read_run, run_file
-from converters.train_config import AUGMENTATIONS, Augmentation, TrainConfig
+from converters.train_config import TrainConfig, augmentation_name
 
 # Settings that say how a run was executed, not what it learned (threads change speed only).
 NOT_RECIPE = ("threads",)
@@ -37,13 +37,6 @@ class RunSummary:
     @property
     def int8_loss_points(self) -> float:
         return 100 * (self.point.lfw_float - self.point.lfw_int8)
-
-
-def augmentation_name(augmentation: Augmentation) -> str:
-    for name, preset in AUGMENTATIONS.items():
-        if preset == augmentation:
-            return name
-    return "custom"
 
 
 def recipe_of(config: dict) -> dict:
@@ -66,8 +59,8 @@ def read_summary(run_dir: Path) -> RunSummary:
 
     config, history, lfw, export = (load(n) for n in ("config.json", "history.json", "lfw.json", "export.json"))
     return RunSummary(point, recipe_of(config["config"]), restarts_of(history),
-                      str(lfw["models"][point.arch].get("sha256", "")),
-                      int(export[point.arch]["calibration"]["samples"]))
+                      str(lfw["models"][point.key].get("sha256", "")),
+                      int(export[point.key]["calibration"]["samples"]))
 
 
 def differences(summaries: Sequence[RunSummary]) -> list[str]:

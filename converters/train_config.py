@@ -107,10 +107,16 @@ class TrainConfig:
         return cls(**fields, augmentation=Augmentation(**augmentation))
 
 
+def augmentation_name(augmentation: Augmentation) -> str:
+    """The preset's name (see :data:`AUGMENTATIONS`), or "custom" for a hand-edited mix."""
+    for name, preset in AUGMENTATIONS.items():
+        if preset == augmentation:
+            return name
+    return "custom"
+
+
 def _option_value(name: str, value) -> str:
-    if name == "augmentation":
-        return next((preset for preset, aug in AUGMENTATIONS.items() if aug == value), "a custom mix")
-    return repr(value)
+    return augmentation_name(value) if name == "augmentation" else repr(value)
 
 
 def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> list[str]:

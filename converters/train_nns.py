@@ -556,6 +556,7 @@ def manifest_entries(key: str, int8: bytes, float_model: bytes, input_shape: tup
     in_spec = tfl.input_specs(interp)[0]
     template = nns.alignment_template((width, height))
     summary = provenance["model"]
+    architecture = summary.get("architecture", key)
     base = {
         "task": "face_embedding",
         "family": key,
@@ -565,11 +566,12 @@ def manifest_entries(key: str, int8: bytes, float_model: bytes, input_shape: tup
         "embedding": {"dim": nns.EMBEDDING_DIM, "metric": "cosine", "normalise": "l2 on host"},
         "source": {"trained": "here, doorface-convert train-nns", **provenance["source"]},
         "training": provenance["training"],
-        "model": {"architecture": f"{key.upper()}-class Inception (converters/nns.py)",
+        "model": {"architecture": f"{architecture}: {key.upper()}-class Inception (converters/nns.py)",
                   "input_hw": [height, width], "params": summary["params"], "macs": summary["macs"],
                   "flops": summary["flops"], "flops_convention": "2 x MACs (FaceNet's tables count MACs)"},
     }
-    description = (f"{key.upper()}: FaceNet-class small Inception embedder ({summary['params']:,} params, "
+    named = key.upper() if architecture == key else f"{key.upper()} (architecture {architecture})"
+    description = (f"{named}: FaceNet-class small Inception embedder ({summary['params']:,} params, "
                    f"{summary['macs'] / 1e6:.1f}M MACs = {summary['flops'] / 1e6:.1f}M FLOPs at {height}x{width}), "
                    "trained on train-faces (LFW-disjoint CelebA) by distillation from "
                    f"{provenance['source']['teacher']} plus a semi-hard triplet loss.")
@@ -762,8 +764,8 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
                                            replace=False))
     calibration = normalise(prepared.chips[calibration_index])
     held_out = normalise(prepared.chips[prepared.split.val[:AGREEMENT_FACES]])
-    int8, float_model = export_models(student, nns.ARCHITECTURES[cfg.arch], prepared.input_shape, cfg.width,
-                                      calibration)
+    arch = nns.ARCHITECTURES[cfg.arch]
+    int8, float_model = export_models(student, arch, prepared.input_shape, cfg.width, calibration)
     agreement = np.sum(run_tflite(int8, held_out) * run_tflite(float_model, held_out), axis=1)
     tqdm.write(f"int8 vs float on {len(agreement)} held-out faces: cosine mean {agreement.mean():.4f}, "
                f"min {agreement.min():.4f}")
@@ -773,14 +775,15 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
 
     staging = run_dir / "export"
     staging.mkdir(parents=True, exist_ok=True)
-    key = cfg.arch
+    key = arch.key
     (staging / file_name(key)).write_bytes(int8)
     (staging / file_name(f"{key}_float")).write_bytes(float_model)
     edgetpu = tflite_tools.check_edgetpu(staging / file_name(key))
-    model = nns.build(nns.ARCHITECTURES[cfg.arch], prepared.input_shape, width=cfg.width)
+    model = nns.build(arch, prepared.input_shape, width=cfg.width)
     last = history[-1] if history else {}
     provenance = {
-        "model": {"params": nns.count_params(model), "macs": nns.count_macs(model), "flops": nns.count_flops(model)},
+        "model": {"architecture": arch.name, "params": nns.count_params(model), "macs": nns.count_macs(model),
+                  "flops": nns.count_flops(model)},
         "source": {"teacher": prepared.teacher_key, "teacher_sha256": prepared.teacher_sha256,
                    "data": "train-faces (LFW-disjoint CelebA identities)", "data_manifest_sha256": prepared.data_sha256,
                    "run": run_dir.name},
@@ -884,8 +887,8 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
                  "data_manifest_sha256": prepared.data_sha256},
         "landmarks": prepared.landmarks.to_json(),
         "teacher": {"key": prepared.teacher_key, "sha256": prepared.teacher_sha256},
-        "model": {"params": nns.count_params(model), "macs": nns.count_macs(model), "flops": nns.count_flops(model),
-                  "input_shape": list(prepared.input_shape)},
+        "model": {"key": arch.key, "params": nns.count_params(model), "macs": nns.count_macs(model),
+                  "flops": nns.count_flops(model), "input_shape": list(prepared.input_shape)},
     })
     student, history = train(cfg, prepared, run_dir, resume=resume is not None, steps_per_epoch=steps_per_epoch)
     if out is None:
@@ -893,7 +896,7 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
     seed_models_folder(Path(out), models)
     export(cfg, prepared, student, history, run_dir, Path(out))
     if lfw:
-        evaluate_lfw([cfg.arch, f"{cfg.arch}_float"], Path(out), run_dir)
+        evaluate_lfw([arch.key, f"{arch.key}_float"], Path(out), run_dir)
     return run_dir
 
 

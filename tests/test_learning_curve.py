@@ -10,17 +10,22 @@ import pytest
 from converters import learning_curve as LC
 
 
-def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", lfw=True):
+def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True):
+    """A finished run folder; ``key`` (the manifest key, written since variants exist) is left out by default, as
+    in the runs from before."""
     run = root / name
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({
-        "config": {"arch": arch, "fraction": fraction},
-        "data": {"train_identities": faces // 7, "train_faces": faces}}))
+    config = {"config": {"arch": arch, "fraction": fraction},
+              "data": {"train_identities": faces // 7, "train_faces": faces}}
+    if key:
+        config["model"] = {"key": key}
+    (run / "config.json").write_text(json.dumps(config))
     history = [{"epoch": e + 1, "val_accuracy": accuracy - 0.01, "steps": faces // 64} for e in range(epochs)]
     (run / "history.json").write_text(json.dumps(history))
     if lfw:
         model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
-        (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {arch: model, f"{arch}_float": model}}))
+        key = key or arch
+        (run / "lfw.json").write_text(json.dumps({"pairs": 6000, "models": {key: model, f"{key}_float": model}}))
     return run
 
 
@@ -54,5 +59,11 @@ def test_unfinished_run_is_named(tmp_path):
 
 
 def test_gain_is_undefined_without_a_spread_of_sizes():
-    point = LC.CurvePoint("x", "nns2", 1.0, 20, 250, 100, 800, 0.8, 0.01, 0.8, 0.2, 0.8)
+    point = LC.CurvePoint("x", "nns2", "nns2", 1.0, 20, 250, 100, 800, 0.8, 0.01, 0.8, 0.2, 0.8)
     assert math.isnan(LC.gain_per_doubling([point, point]))
+
+
+def test_a_variant_is_read_under_the_key_it_shipped_as(tmp_path):
+    run = _run(tmp_path, "fc", fraction=1.0, faces=8000, accuracy=0.86, arch="nns2fc", key="nns2")
+    point = LC.read_run(run)
+    assert (point.arch, point.key, point.lfw_int8) == ("nns2fc", "nns2", 0.86)

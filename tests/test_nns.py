@@ -52,6 +52,11 @@ def test_architectures_use_int8_friendly_layers_only(full_model):
             assert layer.max_value == nns.RELU_CAP, layer.name
 
 
+def test_variants_ship_under_their_class_key():
+    assert {a.key for a in nns.ARCHITECTURES.values()} == {"nns1", "nns2"}
+    assert nns.ARCHITECTURES["nns2fc"].key == "nns2" and nns.MAX_FLOPS["nns2fc"] == nns.NNS2_MAX_FLOPS
+
+
 def test_architecture_rejects_an_unknown_head():
     with pytest.raises(ValueError, match="head must be one of"):
         dataclasses.replace(nns.NNS2, head="average")
