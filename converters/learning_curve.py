@@ -6,7 +6,8 @@ one schedule (epochs), so that only the data differs; a smaller share then also 
 for anyone training on less data. The report says what each doubling of the data bought, which is what a model
 card needs to say what more data would buy.
 
-Writes ``<out>/<arch>_learning_curve.{json,md,png}`` (default ``reports/``).
+Writes ``<out>/<arch>_learning_curve.{json,md,png}`` (default ``reports/``); runs that all took the same number of
+optimiser steps (``--steps-per-epoch``) make an iso-step curve, written as ``<arch>_learning_curve_same_steps``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,15 @@ def gain_per_doubling(points: Sequence[CurvePoint]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread if spread else math.nan
 
 
+def same_steps(points: Sequence[CurvePoint]) -> bool:
+    """Whether every run took the same number of optimiser steps (an iso-step curve: only the data differs)."""
+    return len({p.steps for p in points}) == 1
+
+
+def default_name(points: Sequence[CurvePoint]) -> str:
+    return f"{points[0].arch}_learning_curve" + ("_same_steps" if same_steps(points) else "")
+
+
 def markdown(points: Sequence[CurvePoint]) -> str:
     arch = points[0].arch
     rows = [f"Learning curve of `{arch}`: the same recipe ({points[0].epochs} epochs) on nested shares of the "
@@ -102,10 +112,16 @@ def markdown(points: Sequence[CurvePoint]) -> str:
                     f"{100 * p.lfw_int8:.2f} ± {100 * p.lfw_int8_std:.2f}% | {100 * p.lfw_float:.2f}% | "
                     f"{100 * p.tar_at_far_1e_3:.1f}% | {100 * p.val_accuracy:.2f}% | `{p.run}` |")
     gain = gain_per_doubling(points)
+    if same_steps(points):
+        length = (f"Every run took the same {points[0].steps:,} optimiser steps (`--steps-per-epoch`), so a smaller "
+                  "share saw each face proportionally more often: the curve separates the data from the training "
+                  "length.")
+    else:
+        length = ("The schedule is fixed in epochs, so a smaller share also trained for proportionally fewer steps: "
+                  "the curve is what the same recipe gives on less data, and mixes the effect of data with that of "
+                  "training length.")
     rows += ["", f"Each doubling of the training faces gained {100 * gain:+.2f} points of LFW accuracy (least squares "
-                 f"over log2 of the faces, {len(points)} runs). The schedule is fixed in epochs, so a smaller share "
-                 "also trained for proportionally fewer steps: the curve is what the same recipe gives on less "
-                 "data, and mixes the effect of data with that of training length."]
+                 f"over log2 of the faces, {len(points)} runs). {length}"]
     return "\n".join(rows) + "\n"
 
 
@@ -124,7 +140,8 @@ def plot(points: Sequence[CurvePoint], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training faces")
     ax.set_ylabel("verification accuracy (%)")
-    ax.set_title(f"{points[0].arch}: accuracy against training-set size ({points[0].epochs} epochs)")
+    length = f"{points[0].steps:,} steps each" if same_steps(points) else f"{points[0].epochs} epochs"
+    ax.set_title(f"{points[0].arch}: accuracy against training-set size ({length})")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -132,9 +149,10 @@ def plot(points: Sequence[CurvePoint], path: Path) -> None:
     plt.close(fig)
 
 
-def write(points: Sequence[CurvePoint], out: Path) -> dict[str, Path]:
+def write(points: Sequence[CurvePoint], out: Path, name: Optional[str] = None) -> dict[str, Path]:
+    """``<out>/<name>.{json,md,png}``; the name defaults to :func:`default_name`."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{points[0].arch}_learning_curve"
+    stem = name or default_name(points)
     paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({"points": [asdict(p) for p in points],
                                          "gain_per_doubling": gain_per_doubling(points)}, indent=2) + "\n",

@@ -10,7 +10,7 @@ import pytest
 from converters import learning_curve as LC
 
 
-def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True):
+def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True, steps=None):
     """A finished run folder; ``key`` (the manifest key, written since variants exist) is left out by default, as
     in the runs from before."""
     run = root / name
@@ -20,7 +20,7 @@ def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=N
     if key:
         config["model"] = {"key": key}
     (run / "config.json").write_text(json.dumps(config))
-    history = [{"epoch": e + 1, "val_accuracy": accuracy - 0.01, "steps": faces // 64} for e in range(epochs)]
+    history = [{"epoch": e + 1, "val_accuracy": accuracy - 0.01, "steps": steps or faces // 64} for e in range(epochs)]
     (run / "history.json").write_text(json.dumps(history))
     if lfw:
         model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
@@ -41,6 +41,18 @@ def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
     assert "| 25% | 285 | 2,000 | 620 |" in text and "+5.00 points" in text
     assert paths["png"].stat().st_size > 1000
     assert json.loads(paths["json"].read_text())["gain_per_doubling"] == pytest.approx(0.05)
+    assert paths["md"].name == "nns2_learning_curve.md" and "mixes the effect of data" in text
+
+
+def test_runs_of_equal_steps_make_an_iso_step_curve(tmp_path):
+    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125),
+            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125)]
+    points = LC.collect(runs)
+    assert LC.same_steps(points)
+    paths = LC.write(points, tmp_path / "out")
+    text = paths["md"].read_text()
+    assert paths["md"].name == "nns2_learning_curve_same_steps.md"
+    assert "the same 2,500 optimiser steps" in text and "+3.00 points" in text
 
 
 def test_runs_must_share_arch_and_schedule(tmp_path):
