@@ -80,8 +80,8 @@ def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozense
             "+ alignment. *Recipe* lists only the settings that differ between these runs; **shipped** marks the "
             "runs whose int8 model is in the manifest.", "",
             "| run | arch | recipe | epochs | steps | LR restarts at epoch | held-out val acc. | LFW int8 | "
-            "LFW float | int8 loss | calibration faces |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "LFW float | int8 loss | TAR @ FAR=1e-3 (int8) | calibration faces |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         p = s.point
         recipe = ", ".join(f"{k} {_value(s.recipe.get(k))}" for k in varying) or "same"
@@ -89,7 +89,8 @@ def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozense
         run = f"`{p.run}`" + (" **shipped**" if s.int8_sha256 in shipped else "")
         rows.append(f"| {run} | {p.arch} | {recipe} | {p.epochs} | {p.steps:,} | {restarts} | "
                     f"{100 * p.val_accuracy:.2f}% | {100 * p.lfw_int8:.2f} ± {100 * p.lfw_int8_std:.2f}% | "
-                    f"{100 * p.lfw_float:.2f}% | {s.int8_loss_points:+.2f} pt | {s.calibration_faces:,} |")
+                    f"{100 * p.lfw_float:.2f}% | {s.int8_loss_points:+.2f} pt | {100 * p.tar_at_far_1e_3:.1f}% | "
+                    f"{s.calibration_faces:,} |")
     return "\n".join(rows) + "\n"
 
 

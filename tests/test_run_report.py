@@ -40,7 +40,7 @@ def test_runs_show_only_the_settings_they_differ_in(tmp_path):
     paths = RR.write(summaries, tmp_path / "out", "cmp", shipped=frozenset({"longer" * 8}))
     text = paths["md"].read_text()
     assert ("| `light` | nns2 | augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% | 82.20% | +0.20 pt "
-            "| 2,000 |" in text)
+            "| 20.5% | 2,000 |" in text)
     assert "| `longer` **shipped** | nns2 | augmentation door | 6 | 888 | 3 |" in text
     assert "`door` **shipped**" not in text
     stored = json.loads(paths["json"].read_text())
