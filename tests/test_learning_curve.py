@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,21 @@ def test_runs_of_equal_steps_make_an_iso_step_curve(tmp_path):
     text = paths["md"].read_text()
     assert paths["md"].name == "nns2_learning_curve_same_steps.md"
     assert "the same 2,500 optimiser steps" in text and "+3.00 points" in text
+
+
+def test_record_puts_the_gain_on_the_model_card(tmp_path):
+    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125),
+            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125)]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "manifest.json").write_text(json.dumps({"models": {"nns2": {"file": "nns2_int8.tflite"}}}))
+    assert LC.record(LC.collect(runs), models, Path("reports/nns2_learning_curve_same_steps.md")) == "nns2"
+    entry = json.loads((models / "manifest.json").read_text())["models"]["nns2"]
+    assert entry["file"] == "nns2_int8.tflite"  # the other fields stay
+    curve = entry["learning_curve_same_steps"]
+    assert curve["gain_per_doubling_points"] == 3.0 and curve["train_faces"] == [2000, 8000] and curve["steps"] == 2500
+    card = (models / "cards" / "nns2.md").read_text()
+    assert "## learning curve same steps" in card and "| gain_per_doubling_points | 3 |" in card
 
 
 def test_runs_must_share_arch_and_schedule(tmp_path):
