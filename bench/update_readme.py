@@ -24,6 +24,7 @@ BLOCKS = {
     "embedder_latency": ROOT / "bench" / "results" / "embedder_latency.md",
     "lfw_eval": ROOT / "reports" / "lfw_eval.md",
     "nns2_learning_curve": ROOT / "reports" / "nns2_learning_curve.md",
+    "nns2_learning_curve_same_steps": ROOT / "reports" / "nns2_learning_curve_same_steps.md",
     "nns_runs": ROOT / "reports" / "nns_runs.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
