@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 # The architectures of converters.nns; repeated here (and checked against it by a test) so that building the
 # parser does not import the model code.
@@ -73,6 +74,7 @@ class TrainConfig:
     width: float = 1.0  # width multiplier of the architecture (1.0 = the shipped budget)
     teacher: str = "auto"  # manifest key, or "auto" = the first of TEACHER_PREFERENCE present
     threads: int = 2
+    steps_per_epoch: Optional[int] = None  # None: training faces / batch size; set, for an iso-step learning curve
     augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
 
     @property
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,7 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augmentation", choices=sorted(AUGMENTATIONS), default="door",
                         help="augmentation preset (default: %(default)s, the door-camera mix)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="override the steps per epoch (default: training faces / batch size)")
+                        help="override the steps per epoch (default: training faces / batch size); stored with "
+                             "the run, like the rest of its recipe")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint (its config is reused)")
     parser.add_argument("--out", type=Path, default=None,
@@ -176,5 +181,5 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
                        learning_rate=args.lr, dropout=args.dropout, width=args.width, teacher=args.teacher,
-                       threads=args.threads or TrainConfig.threads,
+                       threads=args.threads or TrainConfig.threads, steps_per_epoch=args.steps_per_epoch,
                        seed=args.seed, augmentation=AUGMENTATIONS[args.augmentation])

@@ -701,8 +701,7 @@ def _epoch_means(rows: list[dict]) -> dict:
     return {name: float(np.mean([float(r[name]) for r in rows])) for name in LOSS_NAMES}
 
 
-def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = False,
-          steps_per_epoch: Optional[int] = None):
+def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = False):
     """Train (or continue) the student; checkpoint, history and loss.png are written after every epoch.
 
     Returns the Keras student and the history (one dict per epoch).
@@ -713,7 +712,7 @@ def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = Fa
     head = make_head(prepared.targets.shape[1])
     labels = np.asarray([f.identity for f in prepared.faces])
     members, weights = identity_table(labels, prepared.split.train)
-    steps = steps_per_epoch or max(1, int(np.ceil(len(prepared.split.train) / cfg.batch_size)))
+    steps = cfg.steps_per_epoch or max(1, int(np.ceil(len(prepared.split.train) / cfg.batch_size)))
     optimizer = make_optimizer(cfg, steps)
     step = make_train_step(student, head, optimizer, cfg)
 
@@ -852,7 +851,7 @@ def new_run_dir(arch: str, root: Path = RUNS_DIR) -> Path:
 
 
 def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] = None, lfw: bool = True,
-        steps_per_epoch: Optional[int] = None, models: Optional[Path] = None,
+        models: Optional[Path] = None,
         resume_epochs: Optional[int] = None, resume_threads: Optional[int] = None) -> Path:
     """Prepare, train (or resume), export into ``out`` and evaluate on LFW; returns the run folder.
 
@@ -890,7 +889,7 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
         "model": {"key": arch.key, "params": nns.count_params(model), "macs": nns.count_macs(model),
                   "flops": nns.count_flops(model), "input_shape": list(prepared.input_shape)},
     })
-    student, history = train(cfg, prepared, run_dir, resume=resume is not None, steps_per_epoch=steps_per_epoch)
+    student, history = train(cfg, prepared, run_dir, resume=resume is not None)
     if out is None:
         out = models if cfg.fraction >= 1.0 else run_dir / "models"
     seed_models_folder(Path(out), models)
@@ -901,9 +900,8 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
 
 
 def main(args) -> int:
-    run_dir = run(config_from_args(args), resume=args.resume, out=args.out, lfw=args.lfw,
-                  steps_per_epoch=args.steps_per_epoch, models=args.models, resume_epochs=args.epochs,
-                  resume_threads=args.threads)
+    run_dir = run(config_from_args(args), resume=args.resume, out=args.out, lfw=args.lfw, models=args.models,
+                  resume_epochs=args.epochs, resume_threads=args.threads)
     print(f"run folder: {run_dir}")
     return 0
 

@@ -139,6 +139,9 @@ def test_resume_names_the_recipe_options_it_would_ignore():
     assert train_config.resume_conflicts(stored, asked) == [
         "--lr 0.001 (the run has 0.003)", "--dropout 0.0 (the run has 0.2)",
         "--augmentation light (the run has door)"]
+    # The steps per epoch are part of the recipe: a resume keeps the run's, so an iso-step run stays one.
+    assert train_config.resume_conflicts(stored, train_config.TrainConfig(steps_per_epoch=148)) == [
+        "--steps-per-epoch 148 (the run has None)"]
 
 
 def test_resume_with_ignored_options_fails_before_touching_the_run(tmp_path):
@@ -158,14 +161,19 @@ def test_command_line_config_round_trips_through_config_json():
     parser = argparse.ArgumentParser()
     train_config.add_arguments(parser)
     cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
-                                                           "--epochs", "3", "--dropout", "0"]))
+                                                           "--epochs", "3", "--dropout", "0",
+                                                           "--steps-per-epoch", "148"]))
+    assert cfg.steps_per_epoch == 148
     assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
     assert cfg.dropout == 0.0
     stored = json.loads(json.dumps(cfg.to_json()))  # as written to and read from a run's config.json
     assert train_config.TrainConfig.from_json(stored) == cfg
     # Runs from before --dropout existed trained with the then-fixed 0.2, which is still the default.
-    older = {k: v for k, v in stored.items() if k != "dropout"}
+    older = {k: v for k, v in stored.items() if k not in ("dropout", "steps_per_epoch")}
     assert train_config.TrainConfig.from_json(older).dropout == 0.2
+    assert train_config.TrainConfig.from_json(older).steps_per_epoch is None  # faces / batch, as they trained
+    with pytest.raises(ValueError, match="--steps-per-epoch"):
+        dataclasses.replace(cfg, steps_per_epoch=0).validate()
     with pytest.raises(ValueError, match="--dropout"):
         dataclasses.replace(cfg, dropout=1.0).validate()
     with pytest.raises(ValueError, match="unknown fields"):
