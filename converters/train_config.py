@@ -73,6 +73,7 @@ class TrainConfig:
     seed: int = 0
     width: float = 1.0  # width multiplier of the architecture (1.0 = the shipped budget)
     teacher: str = "auto"  # manifest key, or "auto" = the first of TEACHER_PREFERENCE present
+    teacher_flip: bool = False  # distil towards the mean of the teacher's embeddings of the face and its mirror
     threads: int = 2
     steps_per_epoch: Optional[int] = None  # None: training faces / batch size; set, for an iso-step learning curve
     augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
@@ -157,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
     parser.add_argument("--teacher", default=defaults.teacher,
                         help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
+    parser.add_argument("--teacher-flip", action=argparse.BooleanOptionalAction, default=defaults.teacher_flip,
+                        help="distil towards the teacher's flip-averaged embedding (face and mirror), the same "
+                             "target for a face the augmentation flipped (default: off)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"TensorFlow threads (default: {defaults.threads}; with --resume: the stored value, or "
                              "this one: it changes speed, not results)")
@@ -181,5 +185,6 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
                        learning_rate=args.lr, dropout=args.dropout, width=args.width, teacher=args.teacher,
+                       teacher_flip=args.teacher_flip,
                        threads=args.threads or TrainConfig.threads, steps_per_epoch=args.steps_per_epoch,
                        seed=args.seed, augmentation=AUGMENTATIONS[args.augmentation])

@@ -29,7 +29,9 @@ Loss
 Augmentation (door camera)
     small similarity jitter (rotation, scale, shift: alignment error), down-and-up scaling (a face far from the
     camera), Gaussian blur (focus, motion), colour (brightness, contrast, saturation; sometimes grey: IR night
-    mode), JPEG re-compression (stream artefacts), horizontal flip. The teacher's target stays the clean face's.
+    mode), JPEG re-compression (stream artefacts), horizontal flip. The teacher's target stays the clean face's;
+    with ``--teacher-flip`` it is the mean of the teacher's embeddings of the face and of its mirror image (a
+    second cached teacher pass), which is one target for both orientations the student sees.
 
 Export
     Post-training full-integer quantization (per-channel weights, int8 input/output) calibrated on 4000
@@ -82,6 +84,9 @@ log = logging.getLogger(__name__)
 RUNS_DIR = Path("runs")
 CACHE_SUBDIR = "nns"
 TEACHER_THREADS = 2
+# The 5 landmarks of a mirrored face, in the data's order (left eye, right eye, nose, left mouth, right mouth; "left"
+# = image left): the eyes and the mouth corners trade places, the nose stays.
+MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
 CHECKPOINT_NAME = "checkpoint.npz"
 # int8 LFW loss of nns1: 0.45 pt with 500 faces at 34 epochs (0.20 with 2000); 0.40 with 2000 at 60 epochs (0.05
 # with 4000): the better trained the model, the more calibration it wants.
@@ -177,25 +182,39 @@ def resolve_teacher(manifest: Manifest, requested: str = "auto") -> str:
                      "(e.g. `doorface-convert mobilefacenet`) or pass --teacher KEY")
 
 
+def mirror(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image flipped left-right and its 5 landmarks moved with it, relabelled so that "left eye" is still the
+    one on the image's left (pixel centres at integer x, as OpenCV's warps take them)."""
+    flipped = np.asarray(landmarks, np.float64)[list(MIRRORED_LANDMARKS)]
+    flipped[:, 0] = (image.shape[1] - 1) - flipped[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
 def teacher_embeddings(faces: Sequence[datasets.TrainFace], entry, num_threads: int = TEACHER_THREADS,
-                       desc: str = "teacher") -> np.ndarray:
-    """(N, dim) unit embeddings of each face by the teacher, aligned to the teacher's own template."""
+                       desc: str = "teacher", mirrored: bool = False) -> np.ndarray:
+    """(N, dim) unit embeddings of each face (or of its mirror image) by the teacher, aligned to the teacher's
+    own template."""
     from edge.embedder import Embedder
 
     embedder = Embedder(entry, num_threads=num_threads)
     out = np.zeros((len(faces), embedder.spec.dim), np.float32)
     for i, face in enumerate(tqdm(faces, desc=desc, unit="face", leave=False)):
-        out[i] = embedder(load_image(face.path), face.landmarks)[0]
+        image, landmarks = load_image(face.path), face.landmarks
+        if mirrored:
+            image, landmarks = mirror(image, landmarks)
+        out[i] = embedder(image, landmarks)[0]
     return out
 
 
-def cached_teacher(faces: Sequence[datasets.TrainFace], entry, digest: Optional[str] = None) -> np.ndarray:
-    path = cache_root() / f"teacher-{entry.key}-{entry.sha256[:16]}-{(digest or data_digest(faces))[:12]}.npz"
+def cached_teacher(faces: Sequence[datasets.TrainFace], entry, digest: Optional[str] = None,
+                   mirrored: bool = False) -> np.ndarray:
+    side = "-mirrored" if mirrored else ""
+    path = cache_root() / f"teacher-{entry.key}-{entry.sha256[:16]}-{(digest or data_digest(faces))[:12]}{side}.npz"
     if path.is_file():
         data = np.load(path)
         if data["embeddings"].shape[0] == len(faces):
             return data["embeddings"]
-    embeddings = teacher_embeddings(faces, entry, desc=f"teacher {entry.key}")
+    embeddings = teacher_embeddings(faces, entry, desc=f"teacher {entry.key}{side}", mirrored=mirrored)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, embeddings=embeddings, teacher=entry.key, sha256=entry.sha256)
     os.replace(tmp, path)
@@ -667,6 +686,8 @@ def prepare(cfg: TrainConfig, manifest: Manifest, input_shape: Optional[tuple[in
     chips = cached_chips(faces, nns.alignment_template(size), size, digest)
     teacher = manifest.entry(resolve_teacher(manifest, cfg.teacher))
     targets = cached_teacher(faces, teacher, digest)
+    if cfg.teacher_flip:
+        targets = unit_rows(targets + cached_teacher(faces, teacher, digest, mirrored=True))
     split = split_identities([f.identity for f in faces], cfg.val_fraction, cfg.fraction, cfg.seed)
     return Prepared(list(faces), split, chips, targets, teacher.key, teacher.sha256, input_shape, data_sha,
                     landmarks)

@@ -155,6 +155,18 @@ def test_resume_with_ignored_options_fails_before_touching_the_run(tmp_path):
     assert config.read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 
 
+def test_mirror_moves_the_landmarks_with_the_pixels():
+    image = np.zeros((40, 30, 3), np.uint8)
+    landmarks = np.array([[8.0, 12.0], [20.0, 12.0], [14.0, 20.0], [10.0, 28.0], [19.0, 28.0]])
+    for x, y in landmarks.astype(int):
+        image[y, x] = 255
+    flipped, moved = T.mirror(image, landmarks)
+    assert all(flipped[int(y), int(x)].all() for x, y in moved)  # each point still sits on its pixel
+    assert moved[0, 0] < moved[1, 0] and moved[3, 0] < moved[4, 0]  # "left" is still the image's left
+    again, back = T.mirror(flipped, moved)
+    assert np.array_equal(again, image) and np.allclose(back, landmarks)
+
+
 def test_command_line_config_round_trips_through_config_json():
     import argparse
 
@@ -209,6 +221,19 @@ def tiny_faces(shared_data):
         by_identity.setdefault(face.identity, []).append(face)
     chosen = [group[:TINY_PER_IDENTITY] for group in by_identity.values() if len(group) >= TINY_PER_IDENTITY]
     return [face for group in chosen[:TINY_IDENTITIES] for face in group]
+
+
+def test_the_teacher_sees_a_mirrored_face_as_the_same_face(tiny_faces):
+    """The mirror's landmarks must be relabelled for the alignment to frame it upright: the teacher then embeds
+    it close to the original, and well above the cosine it gives another person."""
+    entry = Manifest.load().entry(TEACHER_KEY)
+    faces = tiny_faces[::TINY_PER_IDENTITY]  # one face of each identity
+    plain = T.teacher_embeddings(faces, entry, num_threads=1)
+    mirrored = T.teacher_embeddings(faces, entry, num_threads=1, mirrored=True)
+    same = np.sum(plain * mirrored, axis=1)
+    others = plain @ plain.T
+    assert same.min() > 0.7, same
+    assert same.min() > others[~np.eye(len(faces), dtype=bool)].max(), (same, others)
 
 
 def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
