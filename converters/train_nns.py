@@ -37,8 +37,9 @@ Export
     Post-training full-integer quantization (per-channel weights, int8 input/output) calibrated on 4000
     un-augmented training-identity chips; batch norm folds into the convolutions and ReLU6 bounds every activation,
     which is what makes plain PTQ enough here. The int8 model must parse as fully int8; its cosine to the float
-    model on held-out identities is recorded. Keys ``<arch>`` (int8) and ``<arch>_float`` (the float reference)
-    go into the ``--out`` folder's manifest, with cards, only at the end of a successful run; then the LFW
+    model on held-out identities is recorded. Keys ``<key>`` (int8) and ``<key>_float`` (the float reference), where
+    ``<key>`` is the architecture's class (:attr:`converters.nns.Architecture.key`, so ``nns2fc`` ships as ``nns2``), go
+    into the ``--out`` folder's manifest, with cards, only at the end of a successful run; then the LFW
     protocol (:mod:`converters.evaluate_lfw`) runs on both and writes its thresholds into the manifest.
 
 Run folder ``runs/<arch>-<timestamp>/``: ``config.json``, ``history.json``, ``loss.png``, ``checkpoint.npz``
