@@ -74,7 +74,9 @@ class TrainConfig:
     width: float = 1.0  # width multiplier of the architecture (1.0 = the shipped budget)
     teacher: str = "auto"  # manifest key, or "auto" = the first of TEACHER_PREFERENCE present
     teacher_flip: bool = False  # distil towards the mean of the teacher's embeddings of the face and its mirror
+    teacher_views: int = 0  # 0: the clean face's teacher embedding; N: N augmented views per face, each its own target
     threads: int = 2
+    init_from: Optional[str] = None  # a run folder whose last checkpoint starts the student (a fine-tune)
     steps_per_epoch: Optional[int] = None  # None: training faces / batch size; set, for an iso-step learning curve
     augmentation: Augmentation = dataclasses.field(default_factory=Augmentation)
 
@@ -94,6 +96,11 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.teacher_views < 0:
+            raise ValueError(f"--teacher-views must be >= 0, got {self.teacher_views}")
+        if self.teacher_views and self.teacher_flip:
+            raise ValueError("--teacher-flip and --teacher-views exclude each other: a view that the augmentation "
+                             "flipped already has the teacher's embedding of that mirror image as its target")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
@@ -161,6 +168,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-flip", action=argparse.BooleanOptionalAction, default=defaults.teacher_flip,
                         help="distil towards the teacher's flip-averaged embedding (face and mirror), the same "
                              "target for a face the augmentation flipped (default: off)")
+    parser.add_argument("--teacher-views", type=int, default=defaults.teacher_views, metavar="N",
+                        help="consistent distillation: render N augmented views of every face once, run the teacher "
+                             "on each, and train the student on those views towards the teacher's embedding of the "
+                             "same view (0, the default: fresh augmentations towards the clean face's embedding)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"TensorFlow threads (default: {defaults.threads}; with --resume: the stored value, or "
                              "this one: it changes speed, not results)")
@@ -170,6 +181,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="override the steps per epoch (default: training faces / batch size); stored with "
                              "the run, like the rest of its recipe")
+    parser.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                        help="start a new run from the student (and head) weights of RUN_DIR's last checkpoint, "
+                             "with this run's own recipe and a fresh schedule: a fine-tune, e.g. to try another "
+                             "teacher target on a trained model")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint (its config is reused)")
     parser.add_argument("--out", type=Path, default=None,
@@ -185,6 +200,7 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
                        learning_rate=args.lr, dropout=args.dropout, width=args.width, teacher=args.teacher,
-                       teacher_flip=args.teacher_flip,
+                       teacher_flip=args.teacher_flip, teacher_views=args.teacher_views,
+                       init_from=str(args.init_from) if args.init_from else None,
                        threads=args.threads or TrainConfig.threads, steps_per_epoch=args.steps_per_epoch,
                        seed=args.seed, augmentation=AUGMENTATIONS[args.augmentation])

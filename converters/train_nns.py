@@ -33,6 +33,13 @@ Augmentation (door camera)
     with ``--teacher-flip`` it is the mean of the teacher's embeddings of the face and of its mirror image (a
     second cached teacher pass), which is one target for both orientations the student sees.
 
+    ``--teacher-views N`` makes the target consistent with the input instead ("function matching", Beyer et al.
+    2022, *Knowledge distillation: a good teacher is patient and consistent*): N augmented views of every face are
+    rendered from seeded streams, the teacher embeds each once (reading the augmented student chip through a
+    fixed warp onto its own template) and the embeddings are cached; training draws one of a face's views,
+    re-renders it bit for bit and matches that view's embedding. A fixed clean target lets a student memorise
+    a small set (training loss falls while held-out accuracy stalls); a target that moves with the input does not.
+
 Export
     Post-training full-integer quantization (per-channel weights, int8 input/output) calibrated on 4000
     un-augmented training-identity chips; batch norm folds into the convolutions and ReLU6 bounds every activation,
@@ -88,6 +95,7 @@ TEACHER_THREADS = 2
 # The 5 landmarks of a mirrored face, in the data's order (left eye, right eye, nose, left mouth, right mouth; "left"
 # = image left): the eyes and the mouth corners trade places, the nose stays.
 MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
+VIEW_STREAM = 7  # keeps the rendered views' random streams apart from the batch sampler's
 CHECKPOINT_NAME = "checkpoint.npz"
 # int8 LFW loss of nns1: 0.45 pt with 500 faces at 34 epochs (0.20 with 2000); 0.40 with 2000 at 60 epochs (0.05
 # with 4000): the better trained the model, the more calibration it wants.
@@ -222,6 +230,54 @@ def cached_teacher(faces: Sequence[datasets.TrainFace], entry, digest: Optional[
     return embeddings
 
 
+def view_rng(seed: int, face: int, view: int) -> np.random.Generator:
+    """The random stream of one rendered view: the same view is re-rendered bit for bit in every epoch and run."""
+    return np.random.default_rng([seed, VIEW_STREAM, face, view])
+
+
+def render_view(chip: np.ndarray, seed: int, face: int, view: int, aug: Augmentation) -> np.ndarray:
+    """View ``view`` of face ``face``: :func:`augment` of its chip, from :func:`view_rng`."""
+    return augment(chip, view_rng(seed, face, view), aug)
+
+
+def teacher_view_embeddings(chips: np.ndarray, template: np.ndarray, entry, views: int, seed: int,
+                            aug: Augmentation, num_threads: int = TEACHER_THREADS) -> np.ndarray:
+    """(N, views, dim) unit embeddings by the teacher of each rendered view of each student chip.
+
+    The teacher reads the augmented student chip itself, warped onto its own template (the student's template is
+    a scaled copy of the teacher's, so the warp is a fixed rescale), and so sees the same jitter, down-scaling,
+    blur, colour, JPEG and flip as the student will.
+    """
+    from edge.embedder import Embedder
+
+    embedder = Embedder(entry, num_threads=num_threads)
+    out = np.zeros((len(chips), views, embedder.spec.dim), np.float32)
+    for i in tqdm(range(len(chips)), desc=f"teacher {entry.key} x{views} views", unit="face", leave=False):
+        rendered = [render_view(chips[i], seed, i, v, aug) for v in range(views)]
+        out[i] = embedder.embed_chips(np.stack([embedder.align(image, template) for image in rendered]))
+    return out
+
+
+def cached_teacher_views(chips: np.ndarray, template: np.ndarray, entry, views: int, seed: int,
+                         aug: Augmentation, digest: str) -> np.ndarray:
+    """:func:`teacher_view_embeddings`, from the on-disk cache when it exists (keyed by everything a view depends
+    on: teacher, data, student template and size, seed, augmentation and number of views)."""
+    recipe = hashlib.sha256(np.asarray(template, np.float64).tobytes()
+                            + repr((chips.shape[1:], seed, views, dataclasses.asdict(aug))).encode()).hexdigest()
+    path = cache_root() / f"teacher-views-{entry.key}-{entry.sha256[:16]}-{digest[:12]}-{recipe[:12]}.npz"
+    if path.is_file():
+        data = np.load(path)
+        if data["embeddings"].shape[:2] == (len(chips), views):
+            return data["embeddings"]
+        log.warning("ignoring %s: shape %s does not match %d faces x %d views", path, data["embeddings"].shape,
+                    len(chips), views)
+    embeddings = teacher_view_embeddings(chips, template, entry, views, seed, aug)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, embeddings=embeddings, teacher=entry.key, sha256=entry.sha256)
+    os.replace(tmp, path)
+    return embeddings
+
+
 # ------------------------------------------------------------------------------------------------ augmentation
 
 
@@ -301,17 +357,29 @@ def sample_batch(members: list[np.ndarray], weights: np.ndarray, identities: int
 
 
 def batches(chips: np.ndarray, targets: np.ndarray, members: list[np.ndarray], weights: np.ndarray,
-            cfg: TrainConfig, steps: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``steps`` augmented batches (inputs, teacher targets, labels), reproducible from ``seed``."""
+            cfg: TrainConfig, steps: int, seed: int,
+            view_targets: Optional[np.ndarray] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``steps`` augmented batches (inputs, teacher targets, labels), reproducible from ``seed``.
+
+    Without ``view_targets`` each face gets a fresh augmentation and the clean face's ``targets`` row; with them
+    ((N, views, dim), :func:`cached_teacher_views`) each face is one of its rendered views, drawn at random, and
+    that view's own teacher embedding.
+    """
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         index, labels = sample_batch(members, weights, cfg.batch_identities, cfg.per_identity, rng)
-        images = np.stack([augment(chips[i], rng, cfg.augmentation) for i in index])
-        yield normalise(images), targets[index], labels
+        if view_targets is None:
+            images = np.stack([augment(chips[i], rng, cfg.augmentation) for i in index])
+            batch_targets = targets[index]
+        else:
+            views = rng.integers(view_targets.shape[1], size=len(index))
+            images = np.stack([render_view(chips[i], cfg.seed, i, v, cfg.augmentation) for i, v in zip(index, views)])
+            batch_targets = view_targets[index, views]
+        yield normalise(images), batch_targets, labels
 
 
 def make_dataset(chips: np.ndarray, targets: np.ndarray, members: list[np.ndarray], weights: np.ndarray,
-                 cfg: TrainConfig, steps: int, seed: int):
+                 cfg: TrainConfig, steps: int, seed: int, view_targets: Optional[np.ndarray] = None):
     """A prefetching tf.data pipeline over :func:`batches` (augmentation runs beside the training step)."""
     import tensorflow as tf
 
@@ -320,7 +388,8 @@ def make_dataset(chips: np.ndarray, targets: np.ndarray, members: list[np.ndarra
                  tf.TensorSpec((cfg.batch_size, targets.shape[1]), tf.float32),
                  tf.TensorSpec((cfg.batch_size,), tf.int32))
     dataset = tf.data.Dataset.from_generator(
-        lambda: batches(chips, targets, members, weights, cfg, steps, seed), output_signature=signature)
+        lambda: batches(chips, targets, members, weights, cfg, steps, seed, view_targets),
+        output_signature=signature)
     return dataset.prefetch(2)
 
 
@@ -478,25 +547,31 @@ def save_checkpoint(path: Path, student, head, optimizer, epoch: int) -> None:
     os.replace(tmp, path)
 
 
+def _restore(data, path: Path, prefix: str, expected: Sequence[tuple]) -> list:
+    """The ``prefix`` arrays of a checkpoint, checked against the model's shapes."""
+    arrays = [data[f"{prefix}_{i}"] for i in range(len(expected)) if f"{prefix}_{i}" in data.files]
+    if len(arrays) != len(expected) or any(a.shape != tuple(s) for a, s in zip(arrays, expected)):
+        raise ValueError(f"{path}: its {prefix} arrays do not fit this model (another architecture, width or "
+                         "teacher?); start a new run, or point at a checkpoint of the same model")
+    return arrays
+
+
+def load_weights(path: Path, student, head) -> int:
+    """Student and head weights (batch-norm statistics included) of a :func:`save_checkpoint` file; returns the
+    epoch it was written after."""
+    data = np.load(path)
+    student.set_weights(_restore(data, path, "student", [w.shape for w in student.get_weights()]))
+    head.set_weights(_restore(data, path, "head", [w.shape for w in head.get_weights()]))
+    return int(data["epoch"])
+
+
 def load_checkpoint(path: Path, student, head, optimizer) -> int:
     """Restore what :func:`save_checkpoint` wrote (the optimizer must be built); returns the finished epoch."""
-    data = np.load(path)
-
-    def restore(prefix: str, count: int) -> list:
-        arrays = [data[f"{prefix}_{i}"] for i in range(count) if f"{prefix}_{i}" in data.files]
-        if len(arrays) != count:
-            raise ValueError(f"{path}: holds {len(arrays)} {prefix} arrays, the model has {count}: "
-                             "the checkpoint is from another architecture or width; start a new run")
-        return arrays
-
-    student.set_weights(restore("student", len(student.get_weights())))
-    head.set_weights(restore("head", len(head.get_weights())))
-    for variable, value in zip(optimizer.variables, restore("optimizer", len(optimizer.variables))):
-        if tuple(variable.shape) != value.shape:
-            raise ValueError(f"{path}: optimizer state {variable.path} has shape {value.shape}, expected "
-                             f"{tuple(variable.shape)}; start a new run")
+    epoch = load_weights(path, student, head)
+    values = _restore(np.load(path), path, "optimizer", [tuple(v.shape) for v in optimizer.variables])
+    for variable, value in zip(optimizer.variables, values):
         variable.assign(value)
-    return int(data["epoch"])
+    return epoch
 
 
 def plot_history(history: list[dict], path: Path, teacher_val: Optional[float] = None) -> None:
@@ -663,7 +738,8 @@ class Prepared:
     faces: list
     split: Split
     chips: np.ndarray  # (N, h, w, 3) uint8, every train-faces row, aligned to the student's template
-    targets: np.ndarray  # (N, teacher dim) unit teacher embeddings
+    targets: np.ndarray  # (N, teacher dim) unit teacher embeddings of the clean faces
+    view_targets: Optional[np.ndarray]  # (N, views, teacher dim) of rendered views, with --teacher-views; else None
     teacher_key: str
     teacher_sha256: str
     input_shape: tuple[int, int, int]
@@ -689,9 +765,13 @@ def prepare(cfg: TrainConfig, manifest: Manifest, input_shape: Optional[tuple[in
     targets = cached_teacher(faces, teacher, digest)
     if cfg.teacher_flip:
         targets = unit_rows(targets + cached_teacher(faces, teacher, digest, mirrored=True))
+    view_targets = None
+    if cfg.teacher_views:
+        view_targets = cached_teacher_views(chips, nns.alignment_template(size), teacher, cfg.teacher_views,
+                                            cfg.seed, cfg.augmentation, digest)
     split = split_identities([f.identity for f in faces], cfg.val_fraction, cfg.fraction, cfg.seed)
-    return Prepared(list(faces), split, chips, targets, teacher.key, teacher.sha256, input_shape, data_sha,
-                    landmarks)
+    return Prepared(list(faces), split, chips, targets, view_targets, teacher.key, teacher.sha256, input_shape,
+                    data_sha, landmarks)
 
 
 def check_landmarks(faces: Sequence[datasets.TrainFace], manifest: Manifest,
@@ -747,6 +827,9 @@ def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = Fa
         start = load_checkpoint(checkpoint, student, head, optimizer)
         history = json.loads(history_path.read_text(encoding="utf-8"))[:start] if history_path.is_file() else []
         tqdm.write(f"resumed {run_dir} after epoch {start}")
+    elif cfg.init_from:
+        init = Path(cfg.init_from) / CHECKPOINT_NAME
+        tqdm.write(f"initialised from {init} (written after its epoch {load_weights(init, student, head)})")
 
     val_inputs = normalise(prepared.chips[prepared.split.val])
     pairs = verification_pairs(labels[prepared.split.val], cfg.seed)
@@ -754,7 +837,8 @@ def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = Fa
     for epoch in range(start + 1, cfg.epochs + 1):
         started = time.perf_counter()
         dataset = make_dataset(prepared.chips, prepared.targets, members, weights, cfg, steps,
-                               seed=cfg.seed * 100_003 + epoch)  # per-epoch seed: a resumed run sees the same data
+                               seed=cfg.seed * 100_003 + epoch,  # per-epoch seed: a resumed run sees the same data
+                               view_targets=prepared.view_targets)
         rows = []
         bar = tqdm(dataset, total=steps, desc=f"{cfg.arch} epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
         for images, targets, batch_labels in bar:
@@ -776,6 +860,15 @@ def train(cfg: TrainConfig, prepared: Prepared, run_dir: Path, resume: bool = Fa
                    f"val acc {100 * val['accuracy']:.2f}% AUC {val['auc']:.4f} "
                    f"(teacher {100 * teacher_val:.2f}%), {train_seconds:.0f} s")
     return student, history
+
+
+def teacher_target(cfg: TrainConfig) -> str:
+    """What the distillation matched, in words (model cards)."""
+    if cfg.teacher_views:
+        return f"the teacher's embedding of the same augmented view ({cfg.teacher_views} rendered views per face)"
+    if cfg.teacher_flip:
+        return "the mean of the teacher's embeddings of the clean face and of its mirror image"
+    return "the teacher's embedding of the clean face"
 
 
 def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], run_dir: Path, out: Path) -> dict:
@@ -811,6 +904,8 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
         "training": {"epochs": len(history), "fraction": cfg.fraction, "width": cfg.width,
                      "train_identities": prepared.split.train_identities, "train_faces": int(len(prepared.split.train)),
                      "val_identities": prepared.split.val_identities, "val_faces": int(len(prepared.split.val)),
+                     "teacher_target": teacher_target(cfg),
+                     "initialised_from": cfg.init_from and Path(cfg.init_from).name,
                      "loss": f"{cfg.distill_weight} cosine distillation (linear head) + {cfg.relation_weight} "
                              f"relational + {cfg.triplet_weight} semi-hard triplet (margin {cfg.triplet_margin})",
                      "val_accuracy": round(float(last.get("val_accuracy", float("nan"))), 5),
@@ -866,6 +961,23 @@ def int8_loss_warning(key: str, loss_points: Optional[float],
             "--resume RUN_DIR")
 
 
+def init_source(cfg: TrainConfig) -> dict:
+    """The run ``cfg.init_from`` names, checked before anything is written: its checkpoint must exist and it must
+    share this run's architecture, width and identity split, or the held-out validation identities would be
+    ones the initial weights were trained on."""
+    folder = Path(cfg.init_from)
+    checkpoint = folder / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--init-from {folder}: {checkpoint} not found; name a train-nns run folder")
+    source = TrainConfig.from_json(json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"])
+    for name in ("arch", "width", "seed", "val_fraction"):
+        if getattr(source, name) != getattr(cfg, name):
+            raise ValueError(f"--init-from {folder} trained with {name} {getattr(source, name)!r}, this run has "
+                             f"{getattr(cfg, name)!r}: the weights (or the held-out split) would not carry over")
+    return {"run": folder.name, "epoch": int(np.load(checkpoint)["epoch"]),
+            "checkpoint_sha256": sources.sha256_file(checkpoint)}
+
+
 def new_run_dir(arch: str, root: Path = RUNS_DIR) -> Path:
     run_dir = root / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -895,7 +1007,9 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
             cfg = dataclasses.replace(cfg, epochs=resume_epochs)
         if resume_threads:
             cfg = dataclasses.replace(cfg, threads=resume_threads)
+        init = stored.get("init")  # as checked when the run started; its source may have trained on since
     else:
+        init = init_source(cfg) if cfg.init_from else None
         run_dir = new_run_dir(cfg.arch)
     manifest = Manifest.load(models)
     prepared = prepare(cfg, manifest)
@@ -908,6 +1022,7 @@ def run(cfg: TrainConfig, *, resume: Optional[Path] = None, out: Optional[Path] 
                  "data_manifest_sha256": prepared.data_sha256},
         "landmarks": prepared.landmarks.to_json(),
         "teacher": {"key": prepared.teacher_key, "sha256": prepared.teacher_sha256},
+        "init": init,
         "model": {"key": arch.key, "params": nns.count_params(model), "macs": nns.count_macs(model),
                   "flops": nns.count_flops(model), "input_shape": list(prepared.input_shape)},
     })

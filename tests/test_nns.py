@@ -155,6 +155,24 @@ def test_resume_with_ignored_options_fails_before_touching_the_run(tmp_path):
     assert config.read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 
 
+def test_init_from_a_run_that_does_not_fit_fails_before_a_run_folder_is_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # new runs would appear under ./runs
+    source = tmp_path / "nns1-source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"config": train_config.TrainConfig(arch="nns1").to_json()}),
+                                        encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"--init-from .*checkpoint\.npz not found"):
+        T.run(train_config.TrainConfig(arch="nns1", init_from=str(source)), models=tmp_path / "none")
+    np.savez(source / T.CHECKPOINT_NAME, epoch=np.asarray(80))
+    for other in (train_config.TrainConfig(arch="nns2", init_from=str(source)),
+                  train_config.TrainConfig(arch="nns1", seed=1, init_from=str(source))):
+        with pytest.raises(ValueError, match=r"--init-from .* trained with (arch 'nns1'|seed 0)"):
+            T.run(other, models=tmp_path / "none")
+    assert not (tmp_path / "runs").exists()
+    init = T.init_source(train_config.TrainConfig(arch="nns1", teacher_views=8, init_from=str(source)))
+    assert init["run"] == "nns1-source" and init["epoch"] == 80 and len(init["checkpoint_sha256"]) == 64
+
+
 def test_mirror_moves_the_landmarks_with_the_pixels():
     image = np.zeros((40, 30, 3), np.uint8)
     landmarks = np.array([[8.0, 12.0], [20.0, 12.0], [14.0, 20.0], [10.0, 28.0], [19.0, 28.0]])
@@ -174,18 +192,23 @@ def test_command_line_config_round_trips_through_config_json():
     train_config.add_arguments(parser)
     cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
                                                            "--epochs", "3", "--dropout", "0",
-                                                           "--steps-per-epoch", "148"]))
-    assert cfg.steps_per_epoch == 148
+                                                           "--steps-per-epoch", "148", "--teacher-views", "8"]))
+    assert cfg.steps_per_epoch == 148 and cfg.teacher_views == 8
     assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
     assert cfg.dropout == 0.0
     stored = json.loads(json.dumps(cfg.to_json()))  # as written to and read from a run's config.json
     assert train_config.TrainConfig.from_json(stored) == cfg
     # Runs from before --dropout existed trained with the then-fixed 0.2, which is still the default.
-    older = {k: v for k, v in stored.items() if k not in ("dropout", "steps_per_epoch")}
+    older = {k: v for k, v in stored.items() if k not in ("dropout", "steps_per_epoch", "teacher_views")}
     assert train_config.TrainConfig.from_json(older).dropout == 0.2
     assert train_config.TrainConfig.from_json(older).steps_per_epoch is None  # faces / batch, as they trained
+    assert train_config.TrainConfig.from_json(older).teacher_views == 0  # the clean faces' targets
     with pytest.raises(ValueError, match="--steps-per-epoch"):
         dataclasses.replace(cfg, steps_per_epoch=0).validate()
+    with pytest.raises(ValueError, match="--teacher-views must be >= 0"):
+        dataclasses.replace(cfg, teacher_views=-1).validate()
+    with pytest.raises(ValueError, match="--teacher-flip and --teacher-views exclude each other"):
+        dataclasses.replace(cfg, teacher_views=8, teacher_flip=True).validate()
     with pytest.raises(ValueError, match="--dropout"):
         dataclasses.replace(cfg, dropout=1.0).validate()
     with pytest.raises(ValueError, match="unknown fields"):
@@ -210,6 +233,13 @@ def test_checkpoint_round_trip(tmp_path):
     assert int(o2.iterations.numpy()) == 7
     for a, b in zip(s1.get_weights() + h1.get_weights(), s2.get_weights() + h2.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # --init-from takes the weights alone, into a fresh optimizer; a model of another width does not fit.
+    fresh, fresh_head = nns.build(TINY_ARCH, TINY_INPUT, width=TINY_WIDTH), T.make_head(8)
+    assert T.load_weights(tmp_path / T.CHECKPOINT_NAME, fresh, fresh_head) == 3
+    for a, b in zip(s1.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="do not fit this model"):
+        T.load_weights(tmp_path / T.CHECKPOINT_NAME, nns.build(TINY_ARCH, TINY_INPUT, width=0.5), T.make_head(8))
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +264,48 @@ def test_the_teacher_sees_a_mirrored_face_as_the_same_face(tiny_faces):
     others = plain @ plain.T
     assert same.min() > 0.7, same
     assert same.min() > others[~np.eye(len(faces), dtype=bool)].max(), (same, others)
+
+
+def test_teacher_views_are_the_teachers_embedding_of_the_view_the_student_sees(tiny_faces, tmp_path, monkeypatch):
+    """--teacher-views: each training batch image must be a re-rendering of a cached view, and its target the
+    teacher's embedding of exactly that image (framed by the teacher's own template); views of a face must stay
+    recognisable to the teacher; the second preparation reads the cache."""
+    from edge.embedder import Embedder
+
+    monkeypatch.setenv("DOORFACE_CACHE", str(tmp_path / "cache"))
+    entry = Manifest.load().entry(TEACHER_KEY)
+    size = (TINY_INPUT[1], TINY_INPUT[0])
+    template = nns.alignment_template(size)
+    chips = T.align_all(tiny_faces, template, size)
+    aug, views = T.Augmentation(), 3
+    digest = T.data_digest(tiny_faces)
+    view_targets = T.cached_teacher_views(chips, template, entry, views, 0, aug, digest)
+    assert view_targets.shape == (len(tiny_faces), views, 192)
+    assert np.allclose(np.linalg.norm(view_targets, axis=2), 1.0, atol=1e-4)
+    assert len(list((tmp_path / "cache" / T.CACHE_SUBDIR).glob("teacher-views-*.npz"))) == 1
+    np.testing.assert_array_equal(T.cached_teacher_views(chips, template, entry, views, 0, aug, digest),
+                                  view_targets)
+
+    teacher = Embedder(entry, num_threads=1)
+    labels = np.asarray([f.identity for f in tiny_faces])
+    members, weights = T.identity_table(labels, np.arange(len(tiny_faces)))
+    cfg = T.TrainConfig(batch_identities=TINY_IDENTITIES, per_identity=TINY_PER_IDENTITY, teacher_views=views)
+    targets = T.teacher_embeddings(tiny_faces, entry, num_threads=1)  # the clean faces': ignored with views
+    images, batch_targets, _ = next(T.batches(chips, targets, members, weights, cfg, 1, seed=5,
+                                              view_targets=view_targets))
+    pixels = np.clip(np.rint(images * nns.PIXEL_STD + nns.PIXEL_MEAN), 0, 255).astype(np.uint8)
+    seen = teacher.embed_chips(np.stack([teacher.align(p, template) for p in pixels]))
+    np.testing.assert_allclose(np.sum(seen * batch_targets, axis=1), 1.0, atol=1e-3)
+    rows = view_targets.reshape(-1, view_targets.shape[2])
+    assert all((rows == target).all(axis=1).any() for target in batch_targets)  # cached views' rows, not re-run
+
+    # An augmented view is still its own person to the teacher: nearer its clean face than any other identity's.
+    clean = T.teacher_embeddings(tiny_faces, entry, num_threads=1)
+    to_clean = np.einsum("nvd,md->nvm", view_targets, clean)
+    own = to_clean[np.arange(len(tiny_faces)), :, np.arange(len(tiny_faces))]
+    other = labels[:, None] != labels[None, :]
+    assert own.mean() > 0.7, own
+    assert own.mean() > max(to_clean[i][:, other[i]].mean() for i in range(len(tiny_faces))) + 0.4
 
 
 def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
