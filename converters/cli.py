@@ -83,6 +83,12 @@ def _cmd_compare_runs(args) -> int:
     return run_report.main(args)
 
 
+def _cmd_fit_gap(args) -> int:
+    from converters import fit_gap
+
+    return fit_gap.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="doorface-convert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -128,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare_runs_arguments(compare)
     compare.set_defaults(func=_cmd_compare_runs)
+
+    gap = sub.add_parser("fit-gap", help="shipped students on the identities they trained on against held-out "
+                                         "ones: memorising (data-limited) or under-fitting?")
+    from converters.fit_gap import add_arguments as fit_gap_arguments
+
+    fit_gap_arguments(gap)
+    gap.set_defaults(func=_cmd_fit_gap)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
     evaluate.add_argument("what", choices=["mtcnn", "lfw"])

@@ -22,6 +22,8 @@ RESUME_OVERRIDES = ("epochs", "threads")
 OPTION_NAMES = {"learning_rate": "--lr"}
 # Issue 6: int8 may cost at most this much LFW accuracy against the float model it was quantized from.
 MAX_INT8_LFW_LOSS_POINTS = 0.3
+# How model cards name the default distillation target (train_nns.teacher_target); fit-gap reads it back.
+CLEAN_TARGET = "the teacher's embedding of the clean face"
 TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
 
 

@@ -1,0 +1,144 @@
+"""``doorface-convert fit-gap``: does a shipped student memorise its training identities, or under-fit them?
+
+It verifies face pairs of a seeded sample of the identities a model trained on and of the identities its run held
+out, with the int8 model through the runtime's alignment and embedder, and with the teacher on the same pairs. A
+student far better on its own identities than on held-out ones (and better than the teacher there) has learnt
+those people rather than faces: more identities are what it needs. A student about as good on both is
+under-fitting: capacity or training length limit it, not the data.
+
+The held-out split is the run's (``split_identities`` with the run's seed and validation share); the teacher's
+accuracy on it must reproduce the ``teacher_val_accuracy`` that training recorded in the model's entry, which
+proves the split is the same. Writes ``<out>/nns_fit_gap.{json,md}`` (default ``reports/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from converters.train_config import CLEAN_TARGET, TrainConfig
+
+SPLITS = ("trained", "held-out")
+# The recorded teacher accuracy is on these very pairs; float sums may differ by a pair or two across threads.
+TEACHER_MATCH_TOLERANCE = 0.003
+TRAINED_IDENTITIES = 150  # ~2× the held-out identities of a full run: enough pairs for a 1-pt reading
+
+
+@dataclass(frozen=True)
+class GapRow:
+    key: str
+    split: str  # one of SPLITS
+    identities: int
+    faces: int
+    pairs: int
+    student_accuracy: float
+    student_auc: float
+    teacher_accuracy: float
+    teacher_auc: float
+
+
+def _training(entry) -> dict:
+    training = entry.fields.get("training")
+    if not training or "teacher_val_accuracy" not in training:
+        raise ValueError(f"model '{entry.key}' has no train-nns training record in its manifest entry: fit-gap "
+                         "measures students exported by `doorface-convert train-nns`")
+    return training
+
+
+def sample_identities(faces: Sequence, index: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The faces (indices into ``faces``) of ``count`` identities drawn, seeded, from those of ``index``."""
+    labels = np.asarray([f.identity for f in faces])
+    names = np.unique(labels[index])
+    chosen = np.random.default_rng(seed).choice(names, size=min(count, len(names)), replace=False)
+    return index[np.isin(labels[index], chosen)]
+
+
+def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int = TrainConfig.seed,
+            val_fraction: float = TrainConfig.val_fraction, trained_identities: int = TRAINED_IDENTITIES,
+            held_out: Optional[int] = None) -> list[GapRow]:
+    """One row per split for the student ``key``. ``held_out`` caps the held-out identities (tests); the teacher
+    check against the recorded accuracy then cannot apply and is skipped."""
+    from converters import datasets, train_nns
+
+    entry = manifest.entry(key)
+    training = _training(entry)
+    teacher = manifest.entry(entry.fields["source"]["teacher"])
+    faces = list(faces) if faces is not None else datasets.load_train_faces()
+    labels = np.asarray([f.identity for f in faces])
+    split = train_nns.split_identities(list(labels), val_fraction, training.get("fraction", 1.0), seed)
+    held = split.val if held_out is None else sample_identities(faces, split.val, held_out, seed)
+    rows = []
+    for name, index in zip(SPLITS, (sample_identities(faces, split.train, trained_identities, seed), held)):
+        chosen = [faces[i] for i in index]
+        pairs = train_nns.verification_pairs(labels[index], seed)
+        student = train_nns.verification_metrics(
+            train_nns.teacher_embeddings(chosen, entry, desc=f"{key} {name}"), pairs)
+        reference = train_nns.verification_metrics(
+            train_nns.teacher_embeddings(chosen, teacher, desc=f"{teacher.key} {name}"), pairs)
+        rows.append(GapRow(key, name, len(np.unique(labels[index])), len(index), student["pairs"],
+                           student["accuracy"], student["auc"], reference["accuracy"], reference["auc"]))
+    recorded = float(training["teacher_val_accuracy"])
+    # The recorded accuracy is of the training targets; only clean ones (all older entries') are re-made here.
+    clean_target = training.get("teacher_target", CLEAN_TARGET) == CLEAN_TARGET
+    if held_out is None and clean_target and abs(rows[1].teacher_accuracy - recorded) > TEACHER_MATCH_TOLERANCE:
+        raise ValueError(f"'{key}': the teacher verifies {100 * rows[1].teacher_accuracy:.2f}% of these held-out "
+                         f"pairs but {100 * recorded:.2f}% of its run's: this is not the split the model trained "
+                         "with; pass the run's --seed and --val-fraction")
+    return rows
+
+
+def markdown(rows: Sequence[GapRow]) -> str:
+    lines = ["Face verification on identities each student trained on against the identities its run held out "
+             "(train-faces pairs; int8 student and its teacher on the same pairs; `doorface-convert fit-gap`). "
+             "*Gap* is the student's accuracy on trained identities minus held-out ones.", "",
+             "| model | identities | split | faces | pairs | student acc. | student AUC | teacher acc. | gap |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        pair = [r for r in rows if r.key == row.key]
+        gap = pair[0].student_accuracy - pair[-1].student_accuracy
+        lines.append(f"| `{row.key}` | {row.identities} | {row.split} | {row.faces:,} | {row.pairs:,} | "
+                     f"{100 * row.student_accuracy:.2f}% | {row.student_auc:.4f} | {100 * row.teacher_accuracy:.2f}% | "
+                     f"{'' if row.split != SPLITS[0] else f'{100 * gap:+.2f} pt'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: Sequence[GapRow], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"nns_fit_gap.{ext}" for ext in ("json", "md")}
+    paths["json"].write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n", encoding="utf-8")
+    paths["md"].write_text(markdown(rows), encoding="utf-8")
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", nargs="+", default=["nns1", "nns2"],
+                        help="students to measure (default: %(default)s)")
+    parser.add_argument("--identities", type=int, default=TRAINED_IDENTITIES,
+                        help="trained identities to sample (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="the runs' --seed (default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                        help="the runs' held-out share of identities (default: %(default)s)")
+    parser.add_argument("--models", type=Path, default=None, help="models folder (default: quantized_models)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON and markdown")
+
+
+def main(args) -> int:
+    from converters import datasets
+    from edge.manifest import Manifest
+
+    if args.identities < 2:
+        raise ValueError(f"--identities must be >= 2, got {args.identities}")
+    manifest = Manifest.load(args.models)
+    faces = datasets.load_train_faces()
+    rows = [row for key in args.keys for row in measure(key, manifest, faces, seed=args.seed,
+                                                         val_fraction=args.val_fraction,
+                                                         trained_identities=args.identities)]
+    paths = write(rows, args.out)
+    print(markdown(rows))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,41 @@
+"""``doorface-convert fit-gap`` (:mod:`converters.fit_gap`) on the shipped nns2 and real train-faces."""
+
+from __future__ import annotations
+
+import pytest
+
+from converters import fit_gap
+from edge.manifest import Manifest
+
+TRAINED_IDENTITIES = 20
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return Manifest.load()
+
+
+def test_fit_gap_rebuilds_the_held_out_split_the_shipped_nns2_trained_with(manifest, shared_data, tmp_path):
+    rows = fit_gap.measure("nns2", manifest, trained_identities=TRAINED_IDENTITIES)
+    trained, held_out = rows
+    assert [r.split for r in rows] == list(fit_gap.SPLITS)
+    training = manifest.entry("nns2").fields["training"]
+    assert trained.identities == TRAINED_IDENTITIES and held_out.identities == training["val_identities"]
+    assert held_out.faces == training["val_faces"] and held_out.pairs > 0 and trained.pairs > 0
+    # The teacher reproduces what training recorded on these pairs; the int8 student is near its float self's.
+    assert held_out.teacher_accuracy == pytest.approx(training["teacher_val_accuracy"],
+                                                      abs=fit_gap.TEACHER_MATCH_TOLERANCE)
+    assert held_out.student_accuracy == pytest.approx(training["val_accuracy"], abs=0.015)
+    assert 0.5 < held_out.student_accuracy < held_out.teacher_accuracy
+
+    paths = fit_gap.write(rows, tmp_path)
+    text = paths["md"].read_text(encoding="utf-8")
+    gap = 100 * (trained.student_accuracy - held_out.student_accuracy)
+    assert f"{gap:+.2f} pt" in text and text.count("| `nns2` |") == 2
+
+
+def test_fit_gap_refuses_another_split_and_models_that_are_not_students(manifest, shared_data):
+    with pytest.raises(ValueError, match="not the split the model trained with.*--seed"):
+        fit_gap.measure("nns2", manifest, seed=1, trained_identities=2)
+    with pytest.raises(ValueError, match="'mobilefacenet' has no train-nns training record"):
+        fit_gap.measure("mobilefacenet", manifest)
