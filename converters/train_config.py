@@ -96,6 +96,8 @@ class TrainConfig:
                              f"(got --batch-identities {self.batch_identities}, --per-identity {self.per_identity})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.triplet_weight < 0:
+            raise ValueError(f"--triplet-weight must be >= 0, got {self.triplet_weight}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.teacher_views < 0:
@@ -164,6 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
                         help="dropout before the embedding layer (default: %(default)s)")
+    parser.add_argument("--triplet-weight", type=float, default=defaults.triplet_weight,
+                        help="weight of the labelled triplet loss beside distillation (0: distillation alone, which "
+                             "cannot learn the training identities beyond what the teacher knows of them; default: "
+                             "%(default)s)")
     parser.add_argument("--width", type=float, default=defaults.width, help="width multiplier (default: 1)")
     parser.add_argument("--teacher", default=defaults.teacher,
                         help=f"teacher manifest key, or auto = first of {', '.join(TEACHER_PREFERENCE)}")
@@ -201,7 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
-                       learning_rate=args.lr, dropout=args.dropout, width=args.width, teacher=args.teacher,
+                       learning_rate=args.lr, dropout=args.dropout, triplet_weight=args.triplet_weight,
+                       width=args.width, teacher=args.teacher,
                        teacher_flip=args.teacher_flip, teacher_views=args.teacher_views,
                        init_from=str(args.init_from) if args.init_from else None,
                        threads=args.threads or TrainConfig.threads, steps_per_epoch=args.steps_per_epoch,

@@ -192,8 +192,9 @@ def test_command_line_config_round_trips_through_config_json():
     train_config.add_arguments(parser)
     cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
                                                            "--epochs", "3", "--dropout", "0",
-                                                           "--steps-per-epoch", "148", "--teacher-views", "8"]))
-    assert cfg.steps_per_epoch == 148 and cfg.teacher_views == 8
+                                                           "--steps-per-epoch", "148", "--teacher-views", "8",
+                                                           "--triplet-weight", "0"]))
+    assert cfg.steps_per_epoch == 148 and cfg.teacher_views == 8 and cfg.triplet_weight == 0.0
     assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
     assert cfg.dropout == 0.0
     stored = json.loads(json.dumps(cfg.to_json()))  # as written to and read from a run's config.json
@@ -205,6 +206,8 @@ def test_command_line_config_round_trips_through_config_json():
     assert train_config.TrainConfig.from_json(older).teacher_views == 0  # the clean faces' targets
     with pytest.raises(ValueError, match="--steps-per-epoch"):
         dataclasses.replace(cfg, steps_per_epoch=0).validate()
+    with pytest.raises(ValueError, match="--triplet-weight must be >= 0"):
+        dataclasses.replace(cfg, triplet_weight=-1.0).validate()
     with pytest.raises(ValueError, match="--teacher-views must be >= 0"):
         dataclasses.replace(cfg, teacher_views=-1).validate()
     with pytest.raises(ValueError, match="--teacher-flip and --teacher-views exclude each other"):
