@@ -75,6 +75,7 @@ from tqdm import tqdm
 from converters import datasets, landmark_check, manifest_io, nns, sources, tflite_tools
 from converters.train_config import (
     CLEAN_TARGET,
+    FLIP_TARGET,
     MAX_INT8_LFW_LOSS_POINTS,
     TEACHER_PREFERENCE,
     Augmentation,
@@ -869,7 +870,7 @@ def teacher_target(cfg: TrainConfig) -> str:
     if cfg.teacher_views:
         return f"the teacher's embedding of the same augmented view ({cfg.teacher_views} rendered views per face)"
     if cfg.teacher_flip:
-        return "the mean of the teacher's embeddings of the clean face and of its mirror image"
+        return FLIP_TARGET
     return CLEAN_TARGET
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from converters import fit_gap
@@ -16,7 +19,14 @@ def manifest():
 
 
 def test_fit_gap_rebuilds_the_held_out_split_the_shipped_nns2_trained_with(manifest, shared_data, tmp_path):
-    rows = fit_gap.measure("nns2", manifest, trained_identities=TRAINED_IDENTITIES)
+    # As in a run's own models folder: the student without its teacher, which comes from the shipped manifest.
+    run_models = tmp_path / "models"
+    run_models.mkdir()
+    entry = manifest.entry("nns2")
+    shutil.copyfile(entry.path, run_models / entry.path.name)
+    (run_models / "manifest.json").write_text(json.dumps({"models": {"nns2": entry.fields}}), encoding="utf-8")
+    rows = fit_gap.measure("nns2", Manifest.load(run_models), trained_identities=TRAINED_IDENTITIES,
+                           teachers=manifest)
     trained, held_out = rows
     assert [r.split for r in rows] == list(fit_gap.SPLITS)
     training = manifest.entry("nns2").fields["training"]
@@ -28,7 +38,7 @@ def test_fit_gap_rebuilds_the_held_out_split_the_shipped_nns2_trained_with(manif
     assert held_out.student_accuracy == pytest.approx(training["val_accuracy"], abs=0.015)
     assert 0.5 < held_out.student_accuracy < held_out.teacher_accuracy
 
-    paths = fit_gap.write(rows, tmp_path)
+    paths = fit_gap.write(rows, tmp_path / "reports")
     text = paths["md"].read_text(encoding="utf-8")
     gap = 100 * (trained.student_accuracy - held_out.student_accuracy)
     assert f"{gap:+.2f} pt" in text and text.count("| `nns2` |") == 2
