@@ -16,7 +16,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from converters.learning_curve import CurvePoint, read_run, run_file
 from converters.train_config import TrainConfig, augmentation_name
@@ -39,10 +39,14 @@ class RunSummary:
         return 100 * (self.point.lfw_float - self.point.lfw_int8)
 
 
-def recipe_of(config: dict) -> dict:
+def recipe_of(config: dict, init: Optional[dict] = None) -> dict:
+    """The run's settings, flat; ``init`` (config.json's record of an ``--init-from`` source) names the run and
+    epoch the weights came from."""
     cfg = TrainConfig.from_json(config)
     flat = {k: v for k, v in cfg.to_json().items() if k not in NOT_RECIPE and k != "augmentation"}
     flat["augmentation"] = augmentation_name(cfg.augmentation)
+    if cfg.init_from:
+        flat["init_from"] = f"{init['run']} (epoch {init['epoch']})" if init else Path(cfg.init_from).name
     return flat
 
 
@@ -58,7 +62,7 @@ def read_summary(run_dir: Path) -> RunSummary:
         return json.loads(run_file(run_dir, name).read_text(encoding="utf-8"))
 
     config, history, lfw, export = (load(n) for n in ("config.json", "history.json", "lfw.json", "export.json"))
-    return RunSummary(point, recipe_of(config["config"]), restarts_of(history),
+    return RunSummary(point, recipe_of(config["config"], config.get("init")), restarts_of(history),
                       str(lfw["models"][point.key].get("sha256", "")),
                       int(export[point.key]["calibration"]["samples"]))
 
@@ -78,7 +82,8 @@ def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozense
     varying = differences(summaries)
     rows = ["train-nns runs compared (`doorface-convert compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
             "+ alignment. *Recipe* lists only the settings that differ between these runs; **shipped** marks the "
-            "runs whose int8 model is in the manifest.", "",
+            "runs whose int8 model is in the manifest. *Epochs* and *steps* are a run's own: a run started "
+            "from another's weights (*init_from*) trained that much on top of them.", "",
             "| run | arch | recipe | epochs | steps | LR restarts at epoch | held-out val acc. | LFW int8 | "
             "LFW float | int8 loss | TAR @ FAR=1e-3 (int8) | calibration faces |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -12,11 +12,11 @@ from converters.train_config import AUGMENTATIONS, TrainConfig
 from edge.manifest import Manifest, default_models_dir
 
 
-def _run(root, name, cfg: TrainConfig, lrs, accuracy):
+def _run(root, name, cfg: TrainConfig, lrs, accuracy, init=None):
     run = root / name
     run.mkdir()
     (run / "config.json").write_text(json.dumps({
-        "config": cfg.to_json(), "data": {"train_identities": 1345, "train_faces": 9472}}))
+        "config": cfg.to_json(), "data": {"train_identities": 1345, "train_faces": 9472}, "init": init}))
     history = [{"epoch": e + 1, "lr": lr, "steps": 148, "val_accuracy": accuracy - 0.01} for e, lr in enumerate(lrs)]
     (run / "history.json").write_text(json.dumps(history))
     model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4, "sha256": name * 8}
@@ -46,6 +46,18 @@ def test_runs_show_only_the_settings_they_differ_in(tmp_path):
     stored = json.loads(paths["json"].read_text())
     assert stored["differing_settings"] == ["augmentation"] and stored["runs"][2]["restarts"] == [3]
     assert [r["shipped"] for r in stored["runs"]] == [False, False, True]
+
+
+def test_a_run_started_from_another_names_it_and_its_epoch(tmp_path):
+    base = TrainConfig(arch="nns1", epochs=2, threads=1)
+    start = _run(tmp_path, "nns1-80", base, [3e-3, 0.0], 0.93)
+    tuned = _run(tmp_path, "nns1-tuned", dataclasses.replace(base, init_from=str(start), teacher_views=8),
+                 [1e-3, 0.0], 0.94, init={"run": "nns1-80", "epoch": 80, "checkpoint_sha256": "0" * 64})
+    summaries = [RR.read_summary(r) for r in (start, tuned)]
+    assert RR.differences(summaries) == ["init_from", "teacher_views"]
+    text = RR.markdown(summaries)
+    assert "| `nns1-tuned` | nns1 | init_from nns1-80 (epoch 80), teacher_views 8 | 2 | 296 |" in text
+    assert "| `nns1-80` | nns1 | init_from None, teacher_views 0 |" in text
 
 
 def test_shipped_runs_are_read_from_the_manifest():
