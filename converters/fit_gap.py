@@ -72,10 +72,9 @@ def teacher_reference(faces: Sequence, teacher, training: dict, name: str) -> np
 
 def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int = TrainConfig.seed,
             val_fraction: float = TrainConfig.val_fraction, trained_identities: int = TRAINED_IDENTITIES,
-            held_out: Optional[int] = None, teachers=None) -> list[GapRow]:
-    """One row per split for the student ``key``. ``held_out`` caps the held-out identities (tests); the teacher
-    check against the recorded accuracy then cannot apply and is skipped. ``teachers`` is the manifest holding the
-    teacher when ``manifest`` does not (a run's own models folder holds only the run's models and the detector)."""
+            teachers=None) -> list[GapRow]:
+    """One row per split for the student ``key``. ``teachers`` is the manifest holding the teacher when
+    ``manifest`` does not (a run's own models folder holds only the run's models and the detector)."""
     from converters import datasets, train_nns
 
     entry = manifest.entry(key)
@@ -85,9 +84,8 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
     faces = list(faces) if faces is not None else datasets.load_train_faces()
     labels = np.asarray([f.identity for f in faces])
     split = train_nns.split_identities(list(labels), val_fraction, training.get("fraction", 1.0), seed)
-    held = split.val if held_out is None else sample_identities(faces, split.val, held_out, seed)
     rows = []
-    for name, index in zip(SPLITS, (sample_identities(faces, split.train, trained_identities, seed), held)):
+    for name, index in zip(SPLITS, (sample_identities(faces, split.train, trained_identities, seed), split.val)):
         chosen = [faces[i] for i in index]
         pairs = train_nns.verification_pairs(labels[index], seed)
         student = train_nns.verification_metrics(
@@ -96,7 +94,7 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
         rows.append(GapRow(key, name, len(np.unique(labels[index])), len(index), student["pairs"],
                            student["accuracy"], student["auc"], reference["accuracy"], reference["auc"]))
     recorded = float(training["teacher_val_accuracy"])
-    if held_out is None and abs(rows[1].teacher_accuracy - recorded) > TEACHER_MATCH_TOLERANCE:
+    if abs(rows[1].teacher_accuracy - recorded) > TEACHER_MATCH_TOLERANCE:
         raise ValueError(f"'{key}': the teacher verifies {100 * rows[1].teacher_accuracy:.2f}% of these held-out "
                          f"pairs but {100 * recorded:.2f}% of its run's: this is not the split the model trained "
                          "with; pass the run's --seed and --val-fraction")

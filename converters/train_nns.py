@@ -908,7 +908,7 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
                      "train_identities": prepared.split.train_identities, "train_faces": int(len(prepared.split.train)),
                      "val_identities": prepared.split.val_identities, "val_faces": int(len(prepared.split.val)),
                      "teacher_target": teacher_target(cfg),
-                     "initialised_from": cfg.init_from and Path(cfg.init_from).name,
+                     **({"initialised_from": Path(cfg.init_from).name} if cfg.init_from else {}),
                      "loss": f"{cfg.distill_weight} cosine distillation (linear head) + {cfg.relation_weight} "
                              f"relational + {cfg.triplet_weight} semi-hard triplet (margin {cfg.triplet_margin})",
                      "val_accuracy": round(float(last.get("val_accuracy", float("nan"))), 5),
