@@ -102,6 +102,9 @@ class TrainConfig:
             raise ValueError(f"--triplet-weight must be >= 0, got {self.triplet_weight}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"--warmup-epochs must be >= 0 and less than --epochs {self.epochs}, "
+                             f"got {self.warmup_epochs}")
         if self.teacher_views < 0:
             raise ValueError(f"--teacher-views must be >= 0, got {self.teacher_views}")
         if self.teacher_views and self.teacher_flip:
@@ -166,6 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-identity", type=int, default=defaults.per_identity,
                         help="K faces per identity (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
+                        help="epochs of linear warm-up to the peak --lr before the cosine decay (default: "
+                             "%(default)s; a fine-tune from --init-from may want less, or a lower --lr: the first "
+                             "epochs at the peak undo part of what the source run learnt)")
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
                         help="dropout before the embedding layer (default: %(default)s)")
     parser.add_argument("--triplet-weight", type=float, default=defaults.triplet_weight,
@@ -209,7 +216,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(arch=args.arch, epochs=args.epochs or TrainConfig.epochs, fraction=args.fraction,
                        batch_identities=args.batch_identities, per_identity=args.per_identity,
-                       learning_rate=args.lr, dropout=args.dropout, triplet_weight=args.triplet_weight,
+                       learning_rate=args.lr, warmup_epochs=args.warmup_epochs, dropout=args.dropout,
+                       triplet_weight=args.triplet_weight,
                        width=args.width, teacher=args.teacher,
                        teacher_flip=args.teacher_flip, teacher_views=args.teacher_views,
                        init_from=str(args.init_from) if args.init_from else None,

@@ -193,7 +193,8 @@ def test_command_line_config_round_trips_through_config_json():
     cfg = train_config.config_from_args(parser.parse_args(["--arch", "nns1", "--augmentation", "light",
                                                            "--epochs", "3", "--dropout", "0",
                                                            "--steps-per-epoch", "148", "--teacher-views", "8",
-                                                           "--triplet-weight", "0"]))
+                                                           "--triplet-weight", "0", "--warmup-epochs", "0.5"]))
+    assert cfg.warmup_epochs == 0.5
     assert cfg.steps_per_epoch == 148 and cfg.teacher_views == 8 and cfg.triplet_weight == 0.0
     assert cfg.augmentation == train_config.AUGMENTATIONS["light"] != train_config.AUGMENTATIONS["door"]
     assert cfg.dropout == 0.0
@@ -214,6 +215,10 @@ def test_command_line_config_round_trips_through_config_json():
         dataclasses.replace(cfg, teacher_views=8, teacher_flip=True).validate()
     with pytest.raises(ValueError, match="--dropout"):
         dataclasses.replace(cfg, dropout=1.0).validate()
+    with pytest.raises(ValueError, match="--warmup-epochs must be >= 0 and less than --epochs 3"):
+        dataclasses.replace(cfg, warmup_epochs=3.0).validate()
+    with pytest.raises(ValueError, match="--warmup-epochs"):
+        dataclasses.replace(cfg, warmup_epochs=-1.0).validate()
     with pytest.raises(ValueError, match="unknown fields"):
         train_config.TrainConfig.from_json({**stored, "momentum": 0.9})
     with pytest.raises(SystemExit):
