@@ -27,6 +27,7 @@ BLOCKS = {
     "nns2_learning_curve_same_steps": ROOT / "reports" / "nns2_learning_curve_same_steps.md",
     "nns_runs": ROOT / "reports" / "nns_runs.md",
     "nns_fit_gap": ROOT / "reports" / "nns_fit_gap.md",
+    "nns1_finetune_fit_gap": ROOT / "reports" / "nns1_finetune_fit_gap.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
 }

@@ -8,7 +8,9 @@ under-fitting: capacity or training length limit it, not the data.
 
 The held-out split is the run's (``split_identities`` with the run's seed and validation share); the teacher's
 accuracy on it must reproduce the ``teacher_val_accuracy`` that training recorded in the model's entry, which
-proves the split is the same. Writes ``<out>/nns_fit_gap.{json,md}`` (default ``reports/``).
+proves the split is the same. Several ``--models`` folders (say, runs fine-tuned from one shipped run, each
+``<run>/models``) are measured on the same samples, one row pair per run, so that what a recipe did to each side
+of the gap can be read off one table. Writes ``<out>/<name>.{json,md}`` (default ``reports/nns_fit_gap``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from converters.train_config import CLEAN_TARGET, FLIP_TARGET, TrainConfig
 SPLITS = ("trained", "held-out")
 # The recorded teacher accuracy is on these very pairs; float sums may differ by a pair or two across threads.
 TEACHER_MATCH_TOLERANCE = 0.003
+DEFAULT_NAME = "nns_fit_gap"
 TRAINED_IDENTITIES = 150  # ~2× the held-out identities of a full run: enough pairs for a 1-pt reading
 
 
 @dataclass(frozen=True)
 class GapRow:
     key: str
+    run: str  # the train-nns run the model was exported from (its manifest entry's source)
     split: str  # one of SPLITS
     identities: int
     faces: int
@@ -91,8 +95,9 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
         student = train_nns.verification_metrics(
             train_nns.teacher_embeddings(chosen, entry, desc=f"{key} {name}"), pairs)
         reference = train_nns.verification_metrics(teacher_reference(chosen, teacher, training, name), pairs)
-        rows.append(GapRow(key, name, len(np.unique(labels[index])), len(index), student["pairs"],
-                           student["accuracy"], student["auc"], reference["accuracy"], reference["auc"]))
+        rows.append(GapRow(key, entry.fields["source"]["run"], name, len(np.unique(labels[index])), len(index),
+                           student["pairs"], student["accuracy"], student["auc"], reference["accuracy"],
+                           reference["auc"]))
     recorded = float(training["teacher_val_accuracy"])
     if abs(rows[1].teacher_accuracy - recorded) > TEACHER_MATCH_TOLERANCE:
         raise ValueError(f"'{key}': the teacher verifies {100 * rows[1].teacher_accuracy:.2f}% of these held-out "
@@ -105,20 +110,20 @@ def markdown(rows: Sequence[GapRow]) -> str:
     lines = ["Face verification on identities each student trained on against the identities its run held out "
              "(train-faces pairs; int8 student and its teacher on the same pairs; `doorface-convert fit-gap`). "
              "*Gap* is the student's accuracy on trained identities minus held-out ones.", "",
-             "| model | identities | split | faces | pairs | student acc. | student AUC | teacher acc. | gap |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | run | identities | split | faces | pairs | student acc. | student AUC | teacher acc. | gap |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        pair = [r for r in rows if r.key == row.key]
+        pair = [r for r in rows if (r.key, r.run) == (row.key, row.run)]
         gap = pair[0].student_accuracy - pair[-1].student_accuracy
-        lines.append(f"| `{row.key}` | {row.identities} | {row.split} | {row.faces:,} | {row.pairs:,} | "
+        lines.append(f"| `{row.key}` | `{row.run}` | {row.identities} | {row.split} | {row.faces:,} | {row.pairs:,} | "
                      f"{100 * row.student_accuracy:.2f}% | {row.student_auc:.4f} | {100 * row.teacher_accuracy:.2f}% | "
                      f"{'' if row.split != SPLITS[0] else f'{100 * gap:+.2f} pt'} |")
     return "\n".join(lines) + "\n"
 
 
-def write(rows: Sequence[GapRow], out: Path) -> dict[str, Path]:
+def write(rows: Sequence[GapRow], out: Path, name: str = DEFAULT_NAME) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"nns_fit_gap.{ext}" for ext in ("json", "md")}
+    paths = {ext: out / f"{name}.{ext}" for ext in ("json", "md")}
     paths["json"].write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n", encoding="utf-8")
     paths["md"].write_text(markdown(rows), encoding="utf-8")
     return paths
@@ -132,10 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="the runs' --seed (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
                         help="the runs' held-out share of identities (default: %(default)s)")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="models folder of the students, e.g. a run's <run>/models (default: quantized_models, "
-                             "which also provides the teacher when the folder lacks it)")
+    parser.add_argument("--models", type=Path, nargs="+", default=None, metavar="MODELS_DIR",
+                        help="models folders of the students, e.g. runs' <run>/models, each measured on the same "
+                             "samples (default: quantized_models, which also provides the teacher when a folder "
+                             "lacks it)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON and markdown")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="report file name, without extension "
+                                                             "(default: %(default)s)")
 
 
 def main(args) -> int:
@@ -144,13 +152,13 @@ def main(args) -> int:
 
     if args.identities < 2:
         raise ValueError(f"--identities must be >= 2, got {args.identities}")
-    manifest = Manifest.load(args.models)
+    manifests = [Manifest.load(folder) for folder in args.models] if args.models else [Manifest.load()]
     teachers = Manifest.load() if args.models else None
     faces = datasets.load_train_faces()
-    rows = [row for key in args.keys for row in measure(key, manifest, faces, seed=args.seed,
-                                                         val_fraction=args.val_fraction,
-                                                         trained_identities=args.identities, teachers=teachers)]
-    paths = write(rows, args.out)
+    rows = [row for manifest in manifests for key in args.keys
+            for row in measure(key, manifest, faces, seed=args.seed, val_fraction=args.val_fraction,
+                               trained_identities=args.identities, teachers=teachers)]
+    paths = write(rows, args.out, args.name)
     print(markdown(rows))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0

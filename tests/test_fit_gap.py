@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import shutil
 
@@ -38,10 +40,37 @@ def test_fit_gap_rebuilds_the_held_out_split_the_shipped_nns2_trained_with(manif
     assert held_out.student_accuracy == pytest.approx(training["val_accuracy"], abs=0.015)
     assert 0.5 < held_out.student_accuracy < held_out.teacher_accuracy
 
+    assert trained.run == held_out.run == entry.fields["source"]["run"]
+
     paths = fit_gap.write(rows, tmp_path / "reports")
     text = paths["md"].read_text(encoding="utf-8")
     gap = 100 * (trained.student_accuracy - held_out.student_accuracy)
-    assert f"{gap:+.2f} pt" in text and text.count("| `nns2` |") == 2
+    assert f"{gap:+.2f} pt" in text and text.count(f"| `nns2` | `{trained.run}` |") == 2
+
+
+def test_fit_gap_measures_several_models_folders_on_the_same_samples(manifest, shared_data, tmp_path):
+    # Two runs' folders (here the shipped nns2 under two run names): one row pair each, the gap within each pair.
+    entry = manifest.entry("nns2")
+    folders = []
+    for run in ("run-a", "run-b"):
+        folder = tmp_path / run / "models"
+        folder.mkdir(parents=True)
+        shutil.copyfile(entry.path, folder / entry.path.name)
+        fields = {**entry.fields, "source": {**entry.fields["source"], "run": run}}
+        (folder / "manifest.json").write_text(json.dumps({"models": {"nns2": fields}}), encoding="utf-8")
+        folders.append(str(folder))
+    parser = argparse.ArgumentParser()
+    fit_gap.add_arguments(parser)
+    args = parser.parse_args(["--keys", "nns2", "--identities", str(TRAINED_IDENTITIES), "--models", *folders,
+                              "--out", str(tmp_path / "reports"), "--name", "finetunes"])
+    assert fit_gap.main(args) == 0
+    rows = [fit_gap.GapRow(**r) for r in json.loads((tmp_path / "reports" / "finetunes.json").read_text())["rows"]]
+    assert [(r.run, r.split) for r in rows] == [(run, split) for run in ("run-a", "run-b") for split in fit_gap.SPLITS]
+    # The same model on the same seeded samples measures the same in both folders.
+    assert [dataclasses.replace(r, run="") for r in rows[:2]] == [dataclasses.replace(r, run="") for r in rows[2:]]
+    text = (tmp_path / "reports" / "finetunes.md").read_text(encoding="utf-8")
+    gap = 100 * (rows[0].student_accuracy - rows[1].student_accuracy)
+    assert text.count(f"{gap:+.2f} pt") == 2 and "| `nns2` | `run-b` |" in text
 
 
 def test_fit_gap_refuses_another_split_and_models_that_are_not_students(manifest, shared_data):
