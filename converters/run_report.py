@@ -1,8 +1,9 @@
 """``doorface-convert compare-runs RUN...``: finished train-nns runs side by side, with what their recipes differ in.
 
 Run folders (``runs/<arch>-<timestamp>/``) are git-ignored; this report is how their figures get into the
-repository and the README. For each run: the settings in which it differs from the others (the augmentation shown
-by its preset name, see :data:`converters.train_config.AUGMENTATIONS`), its length in epochs and optimiser steps,
+repository and the README. For each run: its recipe, as the ``train-nns`` options it set away from their defaults
+(the augmentation by its preset name, see :data:`converters.train_config.AUGMENTATIONS`; a fine-tune's source run
+and epoch), its length in epochs and optimiser steps,
 the epochs where the learning rate jumped back up (a ``--resume`` with a longer ``--epochs`` restarts the cosine
 schedule there), its held-out validation accuracy, its LFW result (int8 and float) and the faces its int8 export
 was calibrated on (from ``export.json``).
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from converters.learning_curve import CurvePoint, read_run, run_file
-from converters.train_config import TrainConfig, augmentation_name
+from converters.train_config import TrainConfig, augmentation_name, option_text
 
 # Settings that say how a run was executed, not what it learned (threads change speed only).
 NOT_RECIPE = ("threads",)
@@ -73,23 +74,27 @@ def differences(summaries: Sequence[RunSummary]) -> list[str]:
     return [k for k in keys if len({json.dumps(s.recipe.get(k)) for s in summaries}) > 1]
 
 
-def _value(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def recipe_options(recipe: dict) -> str:
+    """The settings of a flattened recipe (see :func:`recipe_of`) that are away from train-nns's defaults, as
+    options; arch and epochs, which every run sets, have their own columns."""
+    defaults = recipe_of(TrainConfig().to_json())
+    changed = [k for k in sorted(recipe) if k not in ("arch", "epochs") and recipe[k] != defaults.get(k)]
+    return " ".join(option_text(k, recipe[k]) for k in changed) or "defaults"
 
 
 def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozenset()) -> str:
     """``shipped``: the sha256 of the int8 models in the manifest; their runs are marked."""
-    varying = differences(summaries)
     rows = ["train-nns runs compared (`doorface-convert compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
-            "+ alignment. *Recipe* lists only the settings that differ between these runs; **shipped** marks the "
-            "runs whose int8 model is in the manifest. *Epochs* and *steps* are a run's own: a run started "
-            "from another's weights (*init_from*) trained that much on top of them.", "",
+            "+ alignment. *Recipe* lists the `train-nns` options a run set away from their defaults (besides "
+            "`--arch` and `--epochs`); **shipped** marks the runs whose int8 model is in the manifest. *Epochs* "
+            "and *steps* are a run's own: a run started from another's weights (`--init-from`) trained that much "
+            "on top of them.", "",
             "| run | arch | recipe | epochs | steps | LR restarts at epoch | held-out val acc. | LFW int8 | "
             "LFW float | int8 loss | TAR @ FAR=1e-3 (int8) | calibration faces |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         p = s.point
-        recipe = ", ".join(f"{k} {_value(s.recipe.get(k))}" for k in varying) or "same"
+        recipe = recipe_options(s.recipe)
         restarts = ", ".join(str(e) for e in s.restarts) or "none"
         run = f"`{p.run}`" + (" **shipped**" if s.int8_sha256 in shipped else "")
         rows.append(f"| {run} | {p.arch} | {recipe} | {p.epochs} | {p.steps:,} | {restarts} | "

@@ -140,6 +140,17 @@ def _option_value(name: str, value) -> str:
     return augmentation_name(value) if name == "augmentation" else repr(value)
 
 
+def option_text(name: str, value) -> str:
+    """A TrainConfig setting as the ``train-nns`` option that sets it (``--lr 0.001``, ``--teacher-flip``,
+    ``--augmentation light``), so a report's recipe can be typed back in."""
+    option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool):
+        return option if value else "--no-" + option[2:]
+    if isinstance(value, float):
+        return f"{option} {value:g}"
+    return f"{option} {augmentation_name(value) if isinstance(value, Augmentation) else value}"
+
+
 def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> list[str]:
     """The settings of ``requested`` that ``--resume`` would ignore: set away from their defaults and different
     from the stored run's recipe (which a resume keeps, apart from :data:`RESUME_OVERRIDES`)."""

@@ -39,9 +39,9 @@ def test_runs_show_only_the_settings_they_differ_in(tmp_path):
     assert [s.restarts for s in summaries] == [(), (), (3,)]
     paths = RR.write(summaries, tmp_path / "out", "cmp", shipped=frozenset({"longer" * 8}))
     text = paths["md"].read_text()
-    assert ("| `light` | nns2 | augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% | 82.20% | +0.20 pt "
+    assert ("| `light` | nns2 | --augmentation light | 4 | 592 | none | 81.00% | 82.00 ± 1.00% | 82.20% | +0.20 pt "
             "| 20.5% | 2,000 |" in text)
-    assert "| `longer` **shipped** | nns2 | augmentation door | 6 | 888 | 3 |" in text
+    assert "| `longer` **shipped** | nns2 | defaults | 6 | 888 | 3 |" in text
     assert "`door` **shipped**" not in text
     stored = json.loads(paths["json"].read_text())
     assert stored["differing_settings"] == ["augmentation"] and stored["runs"][2]["restarts"] == [3]
@@ -56,8 +56,24 @@ def test_a_run_started_from_another_names_it_and_its_epoch(tmp_path):
     summaries = [RR.read_summary(r) for r in (start, tuned)]
     assert RR.differences(summaries) == ["init_from", "teacher_views"]
     text = RR.markdown(summaries)
-    assert "| `nns1-tuned` | nns1 | init_from nns1-80 (epoch 80), teacher_views 8 | 2 | 296 |" in text
-    assert "| `nns1-80` | nns1 | init_from None, teacher_views 0 |" in text
+    assert "| `nns1-tuned` | nns1 | --init-from nns1-80 (epoch 80) --teacher-views 8 | 2 | 296 |" in text
+    assert "| `nns1-80` | nns1 | defaults |" in text
+
+
+def test_recipe_options_can_be_typed_back_into_train_nns():
+    import argparse
+
+    from converters import train_config
+
+    cfg = TrainConfig(arch="nns2", learning_rate=1e-3, dropout=0.0, teacher_flip=True, fraction=0.25,
+                      augmentation=AUGMENTATIONS["light"], triplet_weight=0.0, threads=1)
+    options = RR.recipe_options(RR.recipe_of(cfg.to_json()))
+    assert options == ("--augmentation light --dropout 0 --fraction 0.25 --lr 0.001 --teacher-flip "
+                       "--triplet-weight 0")  # threads change speed only: not part of the recipe
+    parser = argparse.ArgumentParser()
+    train_config.add_arguments(parser)
+    again = train_config.config_from_args(parser.parse_args(["--arch", "nns2", *options.split()]))
+    assert dataclasses.replace(again, threads=1) == cfg
 
 
 def test_shipped_runs_are_read_from_the_manifest():
