@@ -3,10 +3,9 @@
 Run folders (``runs/<arch>-<timestamp>/``) are git-ignored; this report is how their figures get into the
 repository and the README. For each run: its recipe, as the ``train-nns`` options it set away from their defaults
 (the augmentation by its preset name, see :data:`converters.train_config.AUGMENTATIONS`; a fine-tune's source run
-and epoch), its length in epochs and optimiser steps,
-the epochs where the learning rate jumped back up (a ``--resume`` with a longer ``--epochs`` restarts the cosine
-schedule there), its held-out validation accuracy, its LFW result (int8 and float) and the faces its int8 export
-was calibrated on (from ``export.json``).
+and epoch), its length in epochs and optimiser steps, the epochs where the learning rate jumped back up (a
+``--resume`` with a longer ``--epochs`` restarts the cosine schedule there), its held-out validation accuracy, its
+LFW result (int8 and float) and the faces its int8 export was calibrated on (from ``export.json``).
 
 Writes ``<out>/<name>.{json,md}`` (default ``reports/nns_runs``).
 """

@@ -142,7 +142,7 @@ def _option_value(name: str, value) -> str:
 
 def option_text(name: str, value) -> str:
     """A TrainConfig setting as the ``train-nns`` option that sets it (``--lr 0.001``, ``--teacher-flip``,
-    ``--augmentation light``), so a report's recipe can be typed back in."""
+    ``--augmentation light``), so that a report's recipe reads as the command line that trained it."""
     option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
     if isinstance(value, bool):
         return option if value else "--no-" + option[2:]
