@@ -11,9 +11,10 @@ import pytest
 from converters import learning_curve as LC
 
 
-def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True, steps=None):
+def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True, steps=None,
+         val=None):
     """A finished run folder; ``key`` (the manifest key, written since variants exist) is left out by default, as
-    in the runs from before."""
+    in the runs from before. ``val``: held-out accuracy of the last epoch (default: ``accuracy`` - 0.01)."""
     run = root / name
     run.mkdir()
     config = {"config": {"arch": arch, "fraction": fraction},
@@ -21,7 +22,8 @@ def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=N
     if key:
         config["model"] = {"key": key}
     (run / "config.json").write_text(json.dumps(config))
-    history = [{"epoch": e + 1, "val_accuracy": accuracy - 0.01, "steps": steps or faces // 64} for e in range(epochs)]
+    val = accuracy - 0.01 if val is None else val
+    history = [{"epoch": e + 1, "val_accuracy": val, "steps": steps or faces // 64} for e in range(epochs)]
     (run / "history.json").write_text(json.dumps(history))
     if lfw:
         model = {"accuracy_mean": accuracy, "accuracy_std": 0.01, "tar_at_far_1e-3": accuracy / 4}
@@ -46,19 +48,22 @@ def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
 
 
 def test_runs_of_equal_steps_make_an_iso_step_curve(tmp_path):
-    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125),
-            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125)]
+    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125, val=0.82),
+            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125, val=0.72)]
     points = LC.collect(runs)
     assert LC.same_steps(points)
+    assert LC.gain_per_doubling(points, "val_accuracy") == pytest.approx(0.05)
     paths = LC.write(points, tmp_path / "out")
     text = paths["md"].read_text()
     assert paths["md"].name == "nns2_learning_curve_same_steps.md"
-    assert "the same 2,500 optimiser steps" in text and "+3.00 points" in text
+    assert "the same 2,500 optimiser steps" in text and "+3.00 points of LFW" in text
+    assert "+5.00 points on the held-out" in text
+    assert json.loads(paths["json"].read_text())["held_out_gain_per_doubling"] == pytest.approx(0.05)
 
 
 def test_record_puts_the_gain_on_the_model_card(tmp_path):
-    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125),
-            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125)]
+    runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125, val=0.82),
+            _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125, val=0.72)]
     models = tmp_path / "models"
     models.mkdir()
     (models / "manifest.json").write_text(json.dumps({"models": {"nns2": {"file": "nns2_int8.tflite"}}}))
@@ -67,6 +72,7 @@ def test_record_puts_the_gain_on_the_model_card(tmp_path):
     assert entry["file"] == "nns2_int8.tflite"  # the other fields stay
     curve = entry["learning_curve_same_steps"]
     assert curve["gain_per_doubling_points"] == 3.0 and curve["train_faces"] == [2000, 8000] and curve["steps"] == 2500
+    assert curve["held_out_gain_per_doubling_points"] == 5.0
     card = (models / "cards" / "nns2.md").read_text()
     assert "## learning curve same steps" in card and "| gain_per_doubling_points | 3 |" in card
 
