@@ -25,6 +25,7 @@ BLOCKS = {
     "lfw_eval": ROOT / "reports" / "lfw_eval.md",
     "nns2_learning_curve": ROOT / "reports" / "nns2_learning_curve.md",
     "nns2_learning_curve_same_steps": ROOT / "reports" / "nns2_learning_curve_same_steps.md",
+    "nns1_learning_curve_same_steps": ROOT / "reports" / "nns1_learning_curve_same_steps.md",
     "nns_runs": ROOT / "reports" / "nns_runs.md",
     "nns_fit_gap": ROOT / "reports" / "nns_fit_gap.md",
     "nns1_finetune_fit_gap": ROOT / "reports" / "nns1_finetune_fit_gap.md",
