@@ -177,6 +177,7 @@ def card_fields(points: Sequence[CurvePoint], report: Path) -> dict:
         "held_out_gain_per_doubling_points": round(100 * gain_per_doubling(points, "val_accuracy"), 2),
         "train_faces": [p.train_faces for p in points],
         "lfw_int8": [round(p.lfw_int8, 5) for p in points],
+        "held_out_accuracy": [round(p.val_accuracy, 5) for p in points],
         "steps": steps.pop() if len(steps) == 1 else [p.steps for p in points],
         "from": f"train-nns runs of {points[0].arch} at {points[0].epochs} epochs on nested shares of the training "
                 "identities (not the shipped model's own schedule)",

@@ -72,7 +72,7 @@ def test_record_puts_the_gain_on_the_model_card(tmp_path):
     assert entry["file"] == "nns2_int8.tflite"  # the other fields stay
     curve = entry["learning_curve_same_steps"]
     assert curve["gain_per_doubling_points"] == 3.0 and curve["train_faces"] == [2000, 8000] and curve["steps"] == 2500
-    assert curve["held_out_gain_per_doubling_points"] == 5.0
+    assert curve["held_out_gain_per_doubling_points"] == 5.0 and curve["held_out_accuracy"] == [0.72, 0.82]
     card = (models / "cards" / "nns2.md").read_text()
     assert "## learning curve same steps" in card and "| gain_per_doubling_points | 3 |" in card
 
