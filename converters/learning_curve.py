@@ -4,7 +4,9 @@ Each run folder (``runs/<arch>-<timestamp>/``, see :mod:`converters.train_nns`) 
 training identities it kept, the faces that made) and its LFW result. The runs must be of one architecture and
 one schedule (epochs), so that only the data differs; a smaller share then also means fewer steps, as it would
 for anyone training on less data, unless ``--steps-per-epoch`` held the steps equal. The report says what each
-doubling of the data bought, which is what a model card needs to say what more data would buy.
+doubling of the data bought, on LFW and on the run's held-out train-faces identities (the same for every share), which
+is what a model card needs to say what more data would buy, and whether it buys more on faces like the training
+ones than on others.
 
 Writes ``<out>/<arch>_learning_curve.{json,md,png}`` (default ``reports/``) and, with ``--record``, the gain per
 doubling into the manifest entry (and card) of the runs' model key; runs that all took the same number of
