@@ -9,8 +9,10 @@ under-fitting: capacity or training length limit it, not the data.
 The held-out split is the run's (``split_identities`` with the run's seed and validation share); the teacher's
 accuracy on it must reproduce the ``teacher_val_accuracy`` that training recorded in the model's entry, which
 proves the split is the same. Several ``--models`` folders (say, runs fine-tuned from one shipped run, each
-``<run>/models``) are measured on the same samples, one row pair per run, so that what a recipe did to each side
-of the gap can be read off one table. Writes ``<out>/<name>.{json,md}`` (default ``reports/nns_fit_gap``).
+``<run>/models``) or ``--runs`` (each with the models it exported itself, for runs whose models have since been
+replaced in the folder they went to) are measured on the same samples, one row pair per run, so that what a recipe
+or a share of the data did to each side of the gap can be read off one table. Writes ``<out>/<name>.{json,md}``
+(default ``reports/nns_fit_gap``).
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="models folders of the students, e.g. runs' <run>/models, each measured on the same "
                              "samples (default: quantized_models, which also provides the teacher when a folder "
                              "lacks it)")
+    parser.add_argument("--runs", type=Path, nargs="+", default=(), metavar="RUN_DIR",
+                        help="train-nns run folders, each measured with the models it exported itself (after any "
+                             "--models folders)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON and markdown")
     parser.add_argument("--name", default=DEFAULT_NAME, help="report file name, without extension "
                                                              "(default: %(default)s)")
@@ -148,12 +153,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from converters import datasets
+    from converters.train_nns import run_models
     from edge.manifest import Manifest
 
     if args.identities < 2:
         raise ValueError(f"--identities must be >= 2, got {args.identities}")
-    manifests = [Manifest.load(folder) for folder in args.models] if args.models else [Manifest.load()]
-    teachers = Manifest.load() if args.models else None
+    chosen = [Manifest.load(folder) for folder in args.models or ()] + [run_models(run) for run in args.runs]
+    manifests = chosen or [Manifest.load()]
+    teachers = Manifest.load() if chosen else None
     faces = datasets.load_train_faces()
     rows = [row for manifest in manifests for key in args.keys
             for row in measure(key, manifest, faces, seed=args.seed, val_fraction=args.val_fraction,

@@ -51,7 +51,8 @@ Export
     protocol (:mod:`converters.evaluate_lfw`) runs on both and writes its thresholds into the manifest.
 
 Run folder ``runs/<arch>-<timestamp>/``: ``config.json``, ``history.json``, ``loss.png``, ``checkpoint.npz``
-(every epoch; ``--resume`` continues from it), ``export.json`` and ``lfw.json`` / ``lfw.md``.
+(every epoch; ``--resume`` continues from it), ``export/`` with ``export.json`` (the run's own int8 and float models
+and their manifest entries, see :func:`run_models`) and ``lfw.json`` / ``lfw.md``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ TEACHER_THREADS = 2
 MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
 VIEW_STREAM = 7  # keeps the rendered views' random streams apart from the batch sampler's
 CHECKPOINT_NAME = "checkpoint.npz"
+# A run keeps its own exported models, wherever --out copied them: the files in EXPORT_DIR, their manifest entries
+# in EXPORT_ENTRIES (see run_models).
+EXPORT_DIR, EXPORT_ENTRIES = "export", "export.json"
 # int8 LFW loss of nns1: 0.45 pt with 500 faces at 34 epochs (0.20 with 2000); 0.40 with 2000 at 60 epochs (0.05
 # with 4000): the better trained the model, the more calibration it wants.
 CALIBRATION_FACES = 4000
@@ -890,7 +894,7 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
         raise RuntimeError(f"int8 agrees poorly with float (mean cosine {agreement.mean():.4f} < {MIN_INT8_COSINE}); "
                            "check the calibration set")
 
-    staging = run_dir / "export"
+    staging = run_dir / EXPORT_DIR
     staging.mkdir(parents=True, exist_ok=True)
     key = arch.key
     (staging / file_name(key)).write_bytes(int8)
@@ -920,7 +924,7 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
     }
     entries = manifest_entries(key, int8, float_model, prepared.input_shape, provenance, agreement,
                                "; ".join(edgetpu.problems) or "compatible")
-    write_json(run_dir / "export.json", entries)
+    write_json(run_dir / EXPORT_ENTRIES, entries)
 
     out.mkdir(parents=True, exist_ok=True)  # the shipped folder is touched only from here on
     for name in entries:
@@ -928,6 +932,18 @@ def export(cfg: TrainConfig, prepared: Prepared, student, history: list[dict], r
     manifest_io.update_manifest(out, entries)
     manifest_io.write_cards(out, sorted(entries))
     return entries
+
+
+def run_models(run_dir: Path) -> Manifest:
+    """The models a finished run exported, as a manifest of their own (the shipped folder may hold a later run's by
+    now); a clear error for a run that has not exported yet."""
+    run_dir = Path(run_dir)
+    entries_path = run_dir / EXPORT_ENTRIES
+    if not entries_path.is_file():
+        raise FileNotFoundError(f"{entries_path} not found: {run_dir} is not a train-nns run that finished its "
+                                "export (run it to the end, or `--resume` it)")
+    entries = json.loads(entries_path.read_text(encoding="utf-8"))
+    return Manifest.from_entries(entries, run_dir / EXPORT_DIR, entries_path)
 
 
 def evaluate_lfw(keys: Sequence[str], out: Path, run_dir: Path) -> dict:

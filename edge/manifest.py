@@ -124,7 +124,14 @@ class Manifest:
         models = raw.get("models") if isinstance(raw, dict) else None
         if not isinstance(models, dict):
             raise ManifestError(f"{path}: expected {{\"models\": {{key: entry}}}}")
-        return cls(path, {name: _parse_entry(name, e, folder, path) for name, e in models.items()})
+        return cls.from_entries(models, folder, path)
+
+    @classmethod
+    def from_entries(cls, models: dict, folder: Path, source: Path) -> Manifest:
+        """The entries ``models`` (key -> entry, as under a manifest's ``"models"``) with their files in
+        ``folder``; ``source`` is the file they were read from, named in errors."""
+        folder, source = Path(folder), Path(source)
+        return cls(source, {name: _parse_entry(name, e, folder, source) for name, e in models.items()})
 
     def entry(self, key: str) -> ModelEntry:
         try:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from converters import fit_gap
+from converters import fit_gap, train_nns
 from edge.manifest import Manifest
 
 TRAINED_IDENTITIES = 20
@@ -49,20 +49,22 @@ def test_fit_gap_rebuilds_the_held_out_split_the_shipped_nns2_trained_with(manif
 
 
 def test_fit_gap_measures_several_models_folders_on_the_same_samples(manifest, shared_data, tmp_path):
-    # Two runs' folders (here the shipped nns2 under two run names): one row pair each, the gap within each pair.
+    # Two runs (here the shipped nns2 under two run names), one as a models folder, one as a run folder with its
+    # own export: one row pair each, the gap within each pair.
     entry = manifest.entry("nns2")
-    folders = []
-    for run in ("run-a", "run-b"):
-        folder = tmp_path / run / "models"
-        folder.mkdir(parents=True)
-        shutil.copyfile(entry.path, folder / entry.path.name)
-        fields = {**entry.fields, "source": {**entry.fields["source"], "run": run}}
-        (folder / "manifest.json").write_text(json.dumps({"models": {"nns2": fields}}), encoding="utf-8")
-        folders.append(str(folder))
+    fields = {run: {**entry.fields, "source": {**entry.fields["source"], "run": run}} for run in ("run-a", "run-b")}
+    folder = tmp_path / "run-a" / "models"
+    folder.mkdir(parents=True)
+    shutil.copyfile(entry.path, folder / entry.path.name)
+    (folder / "manifest.json").write_text(json.dumps({"models": {"nns2": fields["run-a"]}}), encoding="utf-8")
+    run_dir = tmp_path / "run-b"
+    (run_dir / train_nns.EXPORT_DIR).mkdir(parents=True)
+    shutil.copyfile(entry.path, run_dir / train_nns.EXPORT_DIR / entry.path.name)
+    (run_dir / train_nns.EXPORT_ENTRIES).write_text(json.dumps({"nns2": fields["run-b"]}), encoding="utf-8")
     parser = argparse.ArgumentParser()
     fit_gap.add_arguments(parser)
-    args = parser.parse_args(["--keys", "nns2", "--identities", str(TRAINED_IDENTITIES), "--models", *folders,
-                              "--out", str(tmp_path / "reports"), "--name", "finetunes"])
+    args = parser.parse_args(["--keys", "nns2", "--identities", str(TRAINED_IDENTITIES), "--models", str(folder),
+                              "--runs", str(run_dir), "--out", str(tmp_path / "reports"), "--name", "finetunes"])
     assert fit_gap.main(args) == 0
     rows = [fit_gap.GapRow(**r) for r in json.loads((tmp_path / "reports" / "finetunes.json").read_text())["rows"]]
     assert [(r.run, r.split) for r in rows] == [(run, split) for run in ("run-a", "run-b") for split in fit_gap.SPLITS]
@@ -78,3 +80,11 @@ def test_fit_gap_refuses_another_split_and_models_that_are_not_students(manifest
         fit_gap.measure("nns2", manifest, seed=1, trained_identities=2)
     with pytest.raises(ValueError, match="'mobilefacenet' has no train-nns training record"):
         fit_gap.measure("mobilefacenet", manifest)
+
+
+def test_a_run_that_has_not_exported_is_named(tmp_path):
+    run_dir = tmp_path / "nns1-unfinished"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"export\.json not found: .*nns1-unfinished.*--resume"):
+        train_nns.run_models(run_dir)
