@@ -30,6 +30,7 @@ BLOCKS = {
     "nns_fit_gap": ROOT / "reports" / "nns_fit_gap.md",
     "nns1_finetune_fit_gap": ROOT / "reports" / "nns1_finetune_fit_gap.md",
     "nns1_learning_curve_fit_gap": ROOT / "reports" / "nns1_learning_curve_fit_gap.md",
+    "nns2_learning_curve_fit_gap": ROOT / "reports" / "nns2_learning_curve_fit_gap.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
 }
