@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from converters.learning_curve import CurvePoint, read_run, run_file
-from converters.train_config import TrainConfig, augmentation_name, option_text
+from converters.train_config import EXPORT_ENTRIES, TrainConfig, augmentation_name, option_text
 
 # Settings that say how a run was executed, not what it learned (threads change speed only).
 NOT_RECIPE = ("threads",)
@@ -61,7 +61,7 @@ def read_summary(run_dir: Path) -> RunSummary:
     def load(name: str):
         return json.loads(run_file(run_dir, name).read_text(encoding="utf-8"))
 
-    config, history, lfw, export = (load(n) for n in ("config.json", "history.json", "lfw.json", "export.json"))
+    config, history, lfw, export = (load(n) for n in ("config.json", "history.json", "lfw.json", EXPORT_ENTRIES))
     return RunSummary(point, recipe_of(config["config"], config.get("init")), restarts_of(history),
                       str(lfw["models"][point.key].get("sha256", "")),
                       int(export[point.key]["calibration"]["samples"]))

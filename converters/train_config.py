@@ -20,6 +20,9 @@ ARCHITECTURE_NAMES = ("nns1", "nns2", "nns2fc")
 RESUME_OVERRIDES = ("epochs", "threads")
 # TrainConfig fields whose command-line option is not --<field-with-dashes>.
 OPTION_NAMES = {"learning_rate": "--lr"}
+# A run folder keeps its own exported models, wherever --out copied them: the files in EXPORT_DIR, their manifest
+# entries in EXPORT_ENTRIES (train_nns writes them; train_nns.run_models, compare-runs and fit-gap read them).
+EXPORT_DIR, EXPORT_ENTRIES = "export", "export.json"
 # Issue 6: int8 may cost at most this much LFW accuracy against the float model it was quantized from.
 MAX_INT8_LFW_LOSS_POINTS = 0.3
 # How model cards name the distillation targets that the held-out teacher accuracy is measured with
@@ -140,10 +143,15 @@ def _option_value(name: str, value) -> str:
     return augmentation_name(value) if name == "augmentation" else repr(value)
 
 
+def option_name(name: str) -> str:
+    """The ``train-nns`` option of the TrainConfig field ``name`` (``learning_rate`` -> ``--lr``)."""
+    return OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
 def option_text(name: str, value) -> str:
     """A TrainConfig setting as the ``train-nns`` option that sets it (``--lr 0.001``, ``--teacher-flip``,
     ``--augmentation light``), so that a report's recipe reads as the command line that trained it."""
-    option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+    option = option_name(name)
     if isinstance(value, bool):
         return option if value else "--no-" + option[2:]
     if isinstance(value, float):
@@ -161,8 +169,8 @@ def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> list[str]:
         asked, kept = getattr(requested, name), getattr(stored, name)
         if name in RESUME_OVERRIDES or asked == getattr(defaults, name) or asked == kept:
             continue
-        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
-        conflicts.append(f"{option} {_option_value(name, asked)} (the run has {_option_value(name, kept)})")
+        conflicts.append(f"{option_name(name)} {_option_value(name, asked)} (the run has "
+                         f"{_option_value(name, kept)})")
     return conflicts
 
 

@@ -76,6 +76,8 @@ from tqdm import tqdm
 from converters import datasets, landmark_check, manifest_io, nns, sources, tflite_tools
 from converters.train_config import (
     CLEAN_TARGET,
+    EXPORT_DIR,
+    EXPORT_ENTRIES,
     FLIP_TARGET,
     MAX_INT8_LFW_LOSS_POINTS,
     TEACHER_PREFERENCE,
@@ -101,9 +103,6 @@ TEACHER_THREADS = 2
 MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
 VIEW_STREAM = 7  # keeps the rendered views' random streams apart from the batch sampler's
 CHECKPOINT_NAME = "checkpoint.npz"
-# A run keeps its own exported models, wherever --out copied them: the files in EXPORT_DIR, their manifest entries
-# in EXPORT_ENTRIES (see run_models).
-EXPORT_DIR, EXPORT_ENTRIES = "export", "export.json"
 # int8 LFW loss of nns1: 0.45 pt with 500 faces at 34 epochs (0.20 with 2000); 0.40 with 2000 at 60 epochs (0.05
 # with 4000): the better trained the model, the more calibration it wants.
 CALIBRATION_FACES = 4000
@@ -942,7 +941,14 @@ def run_models(run_dir: Path) -> Manifest:
     if not entries_path.is_file():
         raise FileNotFoundError(f"{entries_path} not found: {run_dir} is not a train-nns run that finished its "
                                 "export (run it to the end, or `--resume` it)")
-    entries = json.loads(entries_path.read_text(encoding="utf-8"))
+    try:
+        entries = json.loads(entries_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{entries_path} is not valid JSON ({exc}): export the run again with `--resume "
+                         f"{run_dir}`") from exc
+    if not isinstance(entries, dict):
+        raise ValueError(f"{entries_path}: expected {{key: manifest entry}}, found {type(entries).__name__}: export "
+                         f"the run again with `--resume {run_dir}`")
     return Manifest.from_entries(entries, run_dir / EXPORT_DIR, entries_path)
 
 

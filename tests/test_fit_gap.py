@@ -88,3 +88,9 @@ def test_a_run_that_has_not_exported_is_named(tmp_path):
     (run_dir / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"export\.json not found: .*nns1-unfinished.*--resume"):
         train_nns.run_models(run_dir)
+    (run_dir / "export.json").write_text('{"nns1": ', encoding="utf-8")  # cut off mid-write
+    with pytest.raises(ValueError, match=r"export\.json is not valid JSON.*--resume"):
+        train_nns.run_models(run_dir)
+    (run_dir / "export.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"expected \{key: manifest entry\}, found list"):
+        train_nns.run_models(run_dir)
