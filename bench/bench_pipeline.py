@@ -7,7 +7,11 @@ with the configured device (generic-x86 by default) on the videos of ``../shared
 enrolled beforehand with ``doorface enroll`` (enrollment is not part of a run's memory or time). MQTT is left out
 (it is asynchronous to the loop).
 
-    python -m bench.bench_pipeline [--threads 1 2] [--repeats 2] [--out bench/results]
+    python -m bench.bench_pipeline [--threads 1 2] [--repeats 2] [--baseline GIT_REF] [--out bench/results]
+
+``--baseline REF`` also measures commit REF (checked out into a temporary git worktree) with the same videos,
+gallery and settings, its runs interleaved with this tree's so both see the same machine load, and writes each
+setting's baseline fps and the ratio beside this tree's: how a change moved the speed, measured, not remembered.
 
 Start-up is measured from the process's own start (``/proc/self/stat``) to the end of the first frame: the
 imports, the sha256 checks, interpreter creation and the first P-Net pyramid all count.
@@ -16,6 +20,7 @@ imports, the sha256 checks, interpreter creation and the first P-Net pyramid all
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -156,10 +161,41 @@ def startup(video: Path, threads: int, gallery_path: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def baseline_tree(ref: str, folder: Path):
+    """Commit ``ref`` of this repository checked out (detached) into ``folder``, removed afterwards."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(folder), ref], check=True,
+                   capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        yield folder, commit
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False,
+                       capture_output=True)
+
+
+def run_worker(code_root: Path, video: Path, threads: int, gallery: Path) -> dict:
+    """One measured run in a fresh process of the code in ``code_root`` (this tree, or a baseline worktree)."""
+    out = subprocess.run([sys.executable, "-m", "bench.bench_pipeline", "--worker", str(video), str(threads),
+                          str(gallery)], capture_output=True, text=True, check=True, cwd=code_root, env=_env())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_imports(code_root: Path) -> None:
+    """Make sure a worker started in ``code_root`` imports that tree's ``edge`` (not the installed one)."""
+    out = subprocess.run([sys.executable, "-c", "import edge; print(edge.__file__)"], capture_output=True, text=True,
+                         check=True, cwd=code_root, env=_env())
+    found = Path(out.stdout.strip()).resolve().parent.parent
+    if found != code_root.resolve():
+        raise RuntimeError(f"a worker in {code_root} imports edge from {found}: the comparison would be void")
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         f"End to end on this machine ({platform.machine()}, {os.cpu_count()} cores; `python -m bench.bench_pipeline`):"
-        " detection every frame, quality gate, alignment, int8 embedding of undecided tracks, matching, tracking."
+        " detection every frame, quality gate, alignment, int8 embedding of undecided tracks (and of decided ones"
+        " every `tracker.recheck_every`), matching, tracking."
         f" Targets: ≥ {TARGETS['fps']:.0f} fps, peak RSS ≤ {TARGETS['peak_rss_mb']:.0f} MB, start-up ≤ "
         f"{TARGETS['startup_s']:.0f} s.",
         "",
@@ -167,11 +203,20 @@ def markdown(rows: list[dict]) -> str:
         "| peak RSS | start-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    baseline = rows and "baseline" in rows[0]
+    if baseline:
+        lines[0] += (f" Baseline: commit `{rows[0]['baseline']['commit']}`, measured in the same run (its runs "
+                     "interleaved with these).")
+        lines[2] = lines[2].replace("| fps |", "| fps | baseline fps |")
+        lines[3] += "---|"
     for r in rows:
         s = r["stage_ms"]
+        fps = f"**{r['fps']:.1f}**"
+        if baseline:
+            fps += f" | {r['baseline']['fps']:.1f} ({r['fps'] / r['baseline']['fps'] - 1:+.0%})"
         lines.append(
             f"| {r['video']} | {r['frame_size'][0]}×{r['frame_size'][1]} | {r['threads']} | "
-            f"{r['faces_per_frame']:.1f} | **{r['fps']:.1f}** | {r['ms_per_frame']:.1f} | {s['detect']:.1f} | "
+            f"{r['faces_per_frame']:.1f} | {fps} | {r['ms_per_frame']:.1f} | {s['detect']:.1f} | "
             f"{s['align']:.1f} | {s['embed']:.1f} | {s['match']:.2f} | {s['track']:.2f} | "
             f"{r['peak_rss_mb']:.0f} MB | {r['startup_s']:.2f} s |")
     lines.append("")
@@ -185,29 +230,36 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting; the fastest is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--baseline", metavar="GIT_REF", help="also measure this commit, interleaved (see above)")
     parser.add_argument("--worker", nargs=3, metavar=("VIDEO", "THREADS", "GALLERY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(Path(args.worker[0]), int(args.worker[1]), Path(args.worker[2]))))
         return 0
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        base = stack.enter_context(baseline_tree(args.baseline, Path(tmp) / "baseline")) if args.baseline else None
+        if base is not None:
+            check_imports(base[0])
         gallery = Path(tmp) / "gallery.sqlite"
         enroll_demo_persons(gallery)
         for name in VIDEOS:
             video = scaled_copy(VIDEO_DIR / name, Path(tmp))
             for threads in args.threads:
-                runs = []
+                runs, base_runs = [], []
                 for _ in range(args.repeats):
-                    out = subprocess.run([sys.executable, "-m", "bench.bench_pipeline", "--worker", str(video),
-                                          str(threads), str(gallery)], capture_output=True, text=True, check=True,
-                                         cwd=ROOT, env=_env())
-                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs.append(run_worker(ROOT, video, threads, gallery))
+                    if base is not None:
+                        base_runs.append(run_worker(base[0], video, threads, gallery))
                 best = max(runs, key=lambda r: r["fps"])
                 best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
                 best["startup_s"] = min(startup(video, threads, gallery) for _ in range(args.repeats))
+                if base is not None:
+                    best["baseline"] = {"commit": base[1], "fps": max(r["fps"] for r in base_runs)}
                 print(f"{name} threads={threads}: {best['fps']:.1f} fps, {best['peak_rss_mb']:.0f} MB, "
-                      f"start-up {best['startup_s']:.2f} s", file=sys.stderr)
+                      f"start-up {best['startup_s']:.2f} s"
+                      + (f", baseline {best['baseline']['fps']:.1f} fps" if base is not None else ""),
+                      file=sys.stderr)
                 rows.append(best)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.json").write_text(json.dumps({"targets": TARGETS, "runs": rows}, indent=2) + "\n")
