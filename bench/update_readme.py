@@ -33,6 +33,7 @@ BLOCKS = {
     "nns2_learning_curve_fit_gap": ROOT / "reports" / "nns2_learning_curve_fit_gap.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
+    "visits": ROOT / "bench" / "results" / "visits.md",
 }
 MANIFEST = ROOT / "quantized_models" / "manifest.json"
 

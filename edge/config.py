@@ -118,14 +118,24 @@ class TrackerConfig:
     detect_every: int = _field(1, "run the detector every k-th frame; tracks carry the faces in between",
                                low=1, high=30)
     iou_threshold: float = _field(0.3, "smallest box overlap to continue a track", low=0.0, high=1.0)
-    max_missed: int = _field(12, "frames a track survives without a detection", low=1, high=1000)
+    max_missing: float = _field(0.5, "seconds a track survives without a detection; a face found later starts a "
+                                     "new track, re-identified by its embedding", low=0.0, high=60.0)
     min_votes: int = _field(3, "matching frames needed before a 'recognized' event", low=1, high=100)
     vote_fraction: float = _field(0.6, "share of a track's embedded frames that must agree on one person",
                                   low=0.0, high=1.0)
     unknown_after: int = _field(8, "embedded frames without a confident match before an 'unknown' event",
                                 low=1, high=1000)
-    visit_gap: float = _field(30.0, "a person recognized again within this many seconds of their last sighting is "
-                                    "the same visit (no new event)", low=0.0, high=86400.0)
+    recheck_every: float = _field(0.5, "seconds between two embeddings of a decided track's face, to catch another "
+                                       "person in the track", low=0.05, high=3600.0)
+    swap_frames: int = _field(2, "consecutive embeddings unlike the track's before it is split (another person "
+                                 "stepped in)", low=1, high=100)
+    same_visitor_probability: float = _field(0.99, "an unknown face is a visitor seen within visit_gap only when "
+                                                   "the embedder's calibrated probability that they are the same "
+                                                   "person is at least this (never looser than the match threshold)",
+                                             low=0.5, high=0.999999)
+    visit_gap: float = _field(30.0, "the same person again within this many seconds of their last sighting is the "
+                                    "same visit (no new event): the same name, or for an unknown face an embedding "
+                                    "that matches the earlier visitor's", low=0.0, high=86400.0)
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,12 @@ def _coerce(value: Any, tp: str, where: str) -> Any:
     return float(value) if base == "float" else value
 
 
+# Keys an older doorface read, and what to write instead: an old config gets told, not just refused.
+RETIRED_KEYS = {
+    "tracker.max_missed": "use tracker.max_missing, in seconds (0.5 is 5 frames at 10 fps)",
+}
+
+
 def _build(cls, data: Any, where: str):
     if data is None:
         data = {}
@@ -235,7 +251,10 @@ def _build(cls, data: Any, where: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (allowed: {', '.join(sorted(fields))})")
+        key = f"{prefix}{unknown[0]}"
+        if key in RETIRED_KEYS:
+            raise ConfigError(f"{key}: no longer a key: {RETIRED_KEYS[key]}")
+        raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(fields))})")
     values = {}
     for name, value in data.items():
         f = fields[name]

@@ -149,6 +149,12 @@ class Calibration:
         p = np.exp(-np.logaddexp(0.0, -z))
         return float(p) if np.ndim(p) == 0 else p
 
+    def distance_at(self, probability: float) -> float:
+        """The distance at which :meth:`probability` is ``probability`` (closer faces are more likely the same)."""
+        if not 0.0 < probability < 1.0:
+            raise ValueError(f"probability must be strictly between 0 and 1, got {probability}")
+        return (math.log(probability / (1.0 - probability)) - self.intercept) / self.slope
+
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> Calibration:
         """The model's calibration from ``thresholds.calibration = {"slope": .., "intercept": ..}``."""

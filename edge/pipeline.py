@@ -88,7 +88,7 @@ class Recognizer:
                     for box, marks in zip(detections.boxes, detections.landmarks)]
         chips: dict[int, np.ndarray] = {}
         for i, (track_id, verdict) in enumerate(zip(assigned, verdicts)):
-            if verdict != quality.OK or self.tracker.is_decided(track_id):
+            if verdict != quality.OK or not self.tracker.wants_embedding(track_id, frame.timestamp):
                 continue
             chip = self.embedder.align(image, detections.landmarks[i])
             verdicts[i] = quality.chip_verdict(chip, self.quality)

@@ -58,8 +58,10 @@ def build_recognizer(config: Config, models: Models, gallery: Gallery, *, keep_c
     if not gallery.persons():
         log.warning("the gallery %s has nobody enrolled: every face will be 'unknown' "
                     "(enroll with `doorface enroll NAME PHOTO...`)", gallery.path)
-    Calibration.from_entry(entry)  # fail at start, not at the first face, when the model is not calibrated
-    tracker = Tracker(config.tracker, reid_distance=matcher.threshold, metric=models.embedder.spec.metric)
+    calibration = Calibration.from_entry(entry)  # fails at start, not at the first face, when uncalibrated
+    visitor_distance = min(calibration.distance_at(config.tracker.same_visitor_probability), matcher.threshold)
+    tracker = Tracker(config.tracker, reid_distance=matcher.threshold, visitor_distance=visitor_distance,
+                      metric=models.embedder.spec.metric)
     return Recognizer(models.detector, models.embedder, matcher, tracker, config, keep_crops=keep_crops)
 
 

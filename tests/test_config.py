@@ -35,6 +35,9 @@ def test_user_config_overrides_device(tmp_path):
         ("detector: [1, 2]\n", r"me\.yaml: detector: expected a mapping"),
         ("detector:\n  num_threads: [\n", r"me\.yaml: line \d+ malformed YAML"),
         ("- a\n- b\n", r"me\.yaml: expected a mapping at the top level"),
+        ("tracker:\n  max_missed: 12\n", r"me\.yaml: tracker\.max_missed: no longer a key: use tracker\.max_missing, "
+                                        r"in seconds"),
+        ("tracker:\n  max_missing: -1\n", r"tracker\.max_missing: must be between 0\.0 and 60\.0, got -1\.0"),
     ],
 )
 def test_bad_user_config_names_file_and_key(tmp_path, text, message):
