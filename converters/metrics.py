@@ -10,31 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.boxes import as_boxes, iou_matrix
+
 DEFAULT_IOU_THRESHOLD = 0.5
 LEFT_EYE, RIGHT_EYE = 0, 1
-
-
-def _boxes(a: np.ndarray | list, name: str) -> np.ndarray:
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name}: expected (N, 4) x1, y1, x2, y2 boxes, got shape {arr.shape}")
-    return arr
-
-
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) intersection-over-union of every box in ``a`` with every box in ``b``; 0 where the union is empty."""
-    a, b = _boxes(a, "a"), _boxes(b, "b")
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +36,7 @@ def match_boxes(
     Greedy-by-score (not Hungarian) is the standard for detection AP, so duplicates of one face become false
     positives rather than being matched to a neighbouring face.
     """
-    pred, gt = _boxes(pred_boxes, "pred_boxes"), _boxes(gt_boxes, "gt_boxes")
+    pred, gt = as_boxes(pred_boxes, "pred_boxes"), as_boxes(gt_boxes, "gt_boxes")
     scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     if scores.shape[0] != pred.shape[0]:
         raise ValueError(f"match_boxes: {scores.shape[0]} scores for {pred.shape[0]} predicted boxes")
@@ -112,7 +91,7 @@ def count_detections(
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> DetectionCounts:
     """TP/FP/FN for one image. A hit on an ignored gt counts as neither TP nor FP; a missed ignored gt is no FN."""
-    gt = _boxes(gt_boxes, "gt_boxes")
+    gt = as_boxes(gt_boxes, "gt_boxes")
     ignore = np.zeros(gt.shape[0], dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, dtype=bool).reshape(-1)
     if ignore.shape[0] != gt.shape[0]:
         raise ValueError(f"count_detections: {ignore.shape[0]} ignore flags for {gt.shape[0]} gt boxes")
@@ -165,7 +144,7 @@ def centre_face_index(boxes: np.ndarray, image_shape: tuple[int, ...]) -> int | 
     LFW images are centred on the labelled person, so this picks the face the label belongs to.
     ``image_shape`` is numpy-style (h, w[, c]).
     """
-    b = _boxes(boxes, "boxes")
+    b = as_boxes(boxes, "boxes")
     if len(image_shape) < 2:
         raise ValueError(f"centre_face_index: image_shape {image_shape} must be (h, w[, c])")
     cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0

@@ -27,6 +27,24 @@ def areas(boxes: np.ndarray) -> np.ndarray:
     return np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
 
 
+def as_boxes(boxes, name: str = "boxes") -> np.ndarray:
+    """``boxes`` as a float64 (N, 4) array (an empty input gives (0, 4)); ValueError naming ``name`` otherwise."""
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{name}: expected (N, 4) x1, y1, x2, y2 boxes, got shape {arr.shape}")
+    return arr
+
+
+def iou_matrix(a, b) -> np.ndarray:
+    """(N, M) intersection over union of every box of ``a`` with every box of ``b``; 0 where the union is empty.
+
+    The one IoU of the project: the detector's NMS, the tracker and the detection benchmarks all measure it here.
+    """
+    return overlap_matrix(as_boxes(a, "a"), as_boxes(b, "b"), Overlap.UNION)
+
+
 def overlap_matrix(a: np.ndarray, b: np.ndarray, mode: Overlap = Overlap.UNION) -> np.ndarray:
     """Overlap of every box of ``a`` (N, 4) with every box of ``b`` (M, 4): (N, M)."""
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])

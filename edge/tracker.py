@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edge.boxes import iou_matrix
 from edge.config import TrackerConfig
 from edge.embedder import distance
 from edge.events import RECOGNIZED, UNKNOWN
@@ -110,21 +111,6 @@ class _Track:
 
     def mean_embedding(self) -> Optional[np.ndarray]:
         return _unit(self.embedding_sum)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box of ``a`` (N, 4) with every box of ``b`` (M, 4)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def greedy_pairs(score: np.ndarray, minimum: float) -> list[tuple[int, int]]:

@@ -184,3 +184,41 @@ def test_pyramid_levels_and_crops_from_the_right_level():
     assert from_levels.shape == (3, 24, 24, 3)
     assert np.abs(from_levels - direct).mean() < 6  # same content; interpolation differs slightly
     assert (from_levels[2, :3, :3] == 0).all()  # outside the frame stays black
+
+
+# ------------------------------------------------------------------------------------------------ iou_matrix
+
+
+def test_iou_identical_disjoint_and_half_overlap() -> None:
+    a = np.array([[0, 0, 10, 10]], dtype=np.float32)
+    b = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [5, 0, 15, 10], [0, 0, 5, 5]], dtype=np.float32)
+    # overlap 50 / union 150 = 1/3; contained 25 / 100 = 0.25
+    np.testing.assert_allclose(bx.iou_matrix(a, b), [[1.0, 0.0, 1 / 3, 0.25]], rtol=1e-6)
+
+
+def test_iou_is_symmetric_with_transposed_shape() -> None:
+    a = np.array([[0, 0, 4, 4], [2, 2, 6, 6]])
+    b = np.array([[1, 1, 3, 3], [2, 2, 6, 6], [10, 10, 11, 11]])
+    m = bx.iou_matrix(a, b)
+    assert m.shape == (2, 3)
+    np.testing.assert_allclose(m, bx.iou_matrix(b, a).T)
+    # a0 ∩ a1 = [2,2,4,4] = 4; union = 16 + 16 - 4 = 28
+    np.testing.assert_allclose(bx.iou_matrix(a[:1], a[1:]), [[4 / 28]])
+
+
+def test_iou_touching_edges_and_degenerate_boxes_are_zero() -> None:
+    assert bx.iou_matrix([[0, 0, 10, 10]], [[10, 0, 20, 10]])[0, 0] == 0.0
+    assert bx.iou_matrix([[5, 5, 5, 5]], [[5, 5, 5, 5]])[0, 0] == 0.0
+
+
+@pytest.mark.parametrize(("n", "m"), [(0, 0), (0, 3), (2, 0)])
+def test_iou_empty_inputs_give_empty_matrix(n: int, m: int) -> None:
+    a = np.zeros((n, 4)) + [0, 0, 1, 1]
+    b = np.zeros((m, 4)) + [0, 0, 1, 1]
+    assert bx.iou_matrix(a, b).shape == (n, m)
+    assert bx.iou_matrix([], b).shape == (0, m)
+
+
+def test_iou_rejects_bad_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        bx.iou_matrix(np.zeros((2, 3)), np.zeros((1, 4)))

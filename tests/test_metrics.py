@@ -11,51 +11,12 @@ from converters.metrics import (
     DetectionCounts,
     centre_face_index,
     count_detections,
-    iou_matrix,
     landmark_error_box,
     landmark_nme_interocular,
     match_boxes,
 )
 
 REF = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=np.float32)
-
-
-# ------------------------------------------------------------------------------------------------ iou_matrix
-
-
-def test_iou_identical_disjoint_and_half_overlap() -> None:
-    a = np.array([[0, 0, 10, 10]], dtype=np.float32)
-    b = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [5, 0, 15, 10], [0, 0, 5, 5]], dtype=np.float32)
-    # overlap 50 / union 150 = 1/3; contained 25 / 100 = 0.25
-    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 0.0, 1 / 3, 0.25]], rtol=1e-6)
-
-
-def test_iou_is_symmetric_with_transposed_shape() -> None:
-    a = np.array([[0, 0, 4, 4], [2, 2, 6, 6]])
-    b = np.array([[1, 1, 3, 3], [2, 2, 6, 6], [10, 10, 11, 11]])
-    m = iou_matrix(a, b)
-    assert m.shape == (2, 3)
-    np.testing.assert_allclose(m, iou_matrix(b, a).T)
-    # a0 ∩ a1 = [2,2,4,4] = 4; union = 16 + 16 - 4 = 28
-    np.testing.assert_allclose(iou_matrix(a[:1], a[1:]), [[4 / 28]])
-
-
-def test_iou_touching_edges_and_degenerate_boxes_are_zero() -> None:
-    assert iou_matrix([[0, 0, 10, 10]], [[10, 0, 20, 10]])[0, 0] == 0.0
-    assert iou_matrix([[5, 5, 5, 5]], [[5, 5, 5, 5]])[0, 0] == 0.0
-
-
-@pytest.mark.parametrize(("n", "m"), [(0, 0), (0, 3), (2, 0)])
-def test_iou_empty_inputs_give_empty_matrix(n: int, m: int) -> None:
-    a = np.zeros((n, 4)) + [0, 0, 1, 1]
-    b = np.zeros((m, 4)) + [0, 0, 1, 1]
-    assert iou_matrix(a, b).shape == (n, m)
-    assert iou_matrix([], b).shape == (0, m)
-
-
-def test_iou_rejects_bad_shape() -> None:
-    with pytest.raises(ValueError, match=r"\(N, 4\)"):
-        iou_matrix(np.zeros((2, 3)), np.zeros((1, 4)))
 
 
 # ----------------------------------------------------------------------------------------------- match_boxes

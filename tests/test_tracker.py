@@ -9,7 +9,7 @@ import numpy as np
 from edge.config import TrackerConfig
 from edge.events import RECOGNIZED, UNKNOWN
 from edge.matcher import Match
-from edge.tracker import Tracker, greedy_pairs, iou_matrix
+from edge.tracker import Tracker, greedy_pairs
 
 # One detection frame per second in these tests: 3.5 s missing ends a track on the 4th missed frame.
 CONFIG = TrackerConfig(iou_threshold=0.3, max_missing=3.5, min_votes=3, vote_fraction=0.6, unknown_after=5,
@@ -36,11 +36,7 @@ def step(tracker: Tracker, t: float, boxes, embeddings, matches):
     return tracker.update(t, boxes, tracker.assign(boxes), embeddings, matches)
 
 
-def test_iou_and_greedy_pairs():
-    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]])
-    b = np.array([[0, 0, 10, 5], [100, 100, 110, 110.0]])
-    m = iou_matrix(a, b)
-    assert m[0, 0] == 0.5 and m[0, 1] == 0 and m[1, 0] == 0
+def test_greedy_pairs():
     assert greedy_pairs(np.array([[0.9, 0.8], [0.85, 0.1]]), 0.3) == [(0, 0)]
     assert greedy_pairs(np.zeros((0, 2)), 0.3) == []
 
