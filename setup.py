@@ -7,9 +7,11 @@ The model converters (``converters``) need TensorFlow and are an optional extra:
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,6 +29,28 @@ def read_long_description() -> str:
         return (HERE / "README.md").read_text(encoding="utf-8")
     except OSError:
         return ""
+
+
+# The folders a runtime-only install needs beside the code; edge/resources.py finds them here or in a checkout.
+BUNDLED = ("quantized_models", "device_configs", "demo")
+BUNDLED_DIR_NAME = "_bundled"
+
+
+class BuildPyWithBundled(build_py):
+    """Copies the models, device configs and demo into the built package (``edge/_bundled/``), so that a wheel works
+    outside the repository. An editable install reads them from the checkout instead (nothing is copied)."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "edge" / BUNDLED_DIR_NAME
+        for name in BUNDLED:
+            source = HERE / name
+            if not source.is_dir():
+                raise RuntimeError(f"cannot build doorface: {source} is missing (build from a full checkout)")
+            shutil.rmtree(target / name, ignore_errors=True)
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 CONVERT_EXTRAS = ["tensorflow-cpu==2.21.*", "joblib>=1.3", "lz4>=4.0", "tqdm>=4.60", "matplotlib>=3.7"]
@@ -55,6 +79,7 @@ setup(
         "test": TEST_EXTRAS,
         "dev": CONVERT_EXTRAS + TEST_EXTRAS,
     },
+    cmdclass={"build_py": BuildPyWithBundled},
     entry_points={
         "console_scripts": [
             "doorface=edge.cli:main",

@@ -132,7 +132,6 @@ def _cmd_compare(args) -> int:
     return EXIT_SOME_INPUTS_FAILED if failures else EXIT_OK
 
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 SUMMARY_STAGES = ("detect", "align", "embed", "match", "track")
 
 
@@ -334,23 +333,25 @@ def _cmd_demo(args) -> int:
     import yaml
 
     from edge.enroll import enroll_photos
+    from edge.resources import bundled_dir
     from edge.runner import build_recognizer, load_models, open_gallery, run
     from edge.sources import open_source
 
-    people = yaml.safe_load((DEMO_DIR / "demo.yaml").read_text(encoding="utf-8"))
+    demo_dir = bundled_dir("demo")
+    people = yaml.safe_load((demo_dir / "demo.yaml").read_text(encoding="utf-8"))
     config = _load_runtime_config(args)
     config = replace(config, mqtt=replace(config.mqtt, enabled=False))
     models = load_models(config, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="doorface-demo-") as tmp:
         with open_gallery(config, models.embedder.spec, path=Path(tmp) / "gallery.sqlite") as gallery:
             for name, photo in people["enroll"].items():
-                report = enroll_photos(gallery, name, [DEMO_DIR / photo], models.detector, models.embedder,
+                report = enroll_photos(gallery, name, [demo_dir / photo], models.detector, models.embedder,
                                        min_face_size=config.quality.min_face_size, thumbnails=False)
                 if report.enrolled == 0:
                     raise ValueError(f"demo still {photo} gave no face: {report.outcomes[0].message}")
                 print(f"enrolled {name} from demo/{photo}", file=sys.stderr)
             recognizer = build_recognizer(config, models, gallery)
-        clip = DEMO_DIR / people["clip"]
+        clip = demo_dir / people["clip"]
         cam = config.camera
         with open_source(str(clip), width=cam.width, height=cam.height) as source:
             print(f"running on demo/{clip.name}; one JSON line per event (the MQTT payload):", file=sys.stderr)

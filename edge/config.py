@@ -18,8 +18,8 @@ import yaml
 
 from edge.interpreter import parse_device
 from edge.mtcnn import CascadeParams
+from edge.resources import bundled_dir
 
-DEVICE_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "device_configs"
 DEFAULT_DEVICE = "generic-x86"
 
 
@@ -304,8 +304,12 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def device_configs_dir() -> Path:
+    return bundled_dir("device_configs")
+
+
 def device_names() -> list[str]:
-    return sorted(p.stem for p in DEVICE_CONFIGS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in device_configs_dir().glob("*.yaml"))
 
 
 def load_config(device: Optional[str] = None, user_config: Union[str, Path, None] = None) -> Config:
@@ -319,7 +323,7 @@ def load_config(device: Optional[str] = None, user_config: Union[str, Path, None
         except ConfigError as exc:
             raise ConfigError(f"{user_path}: {exc}") from None
     name = device or user_data.get("device_name") or DEFAULT_DEVICE
-    device_path = DEVICE_CONFIGS_DIR / f"{name}.yaml"
+    device_path = device_configs_dir() / f"{name}.yaml"
     if not device_path.is_file():
         raise ConfigError(f"unknown device '{name}': no {device_path} (known: {', '.join(device_names())})")
     device_data = _read_yaml(device_path)

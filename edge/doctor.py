@@ -43,12 +43,12 @@ def check_interpreter() -> Check:
 
 def check_models(config: Config) -> list[Check]:
     from edge.detector import MTCNN_KEYS
-    from edge.manifest import Manifest
+    from edge.manifest import RESTORE_HINT, Manifest
 
     try:
         manifest = Manifest.load(config.models_dir)
     except Exception as exc:  # noqa: BLE001
-        return [Check("models", False, str(exc), "restore quantized_models/ (`git checkout -- quantized_models/`)")]
+        return [Check("models", False, str(exc), RESTORE_HINT)]
     checks = []
     for key in (*MTCNN_KEYS, config.embedder.model):
         def body(key=key) -> Check:
@@ -56,7 +56,7 @@ def check_models(config: Config) -> list[Check]:
             size = len(entry.read_verified())
             return Check(f"model {key}", True, f"{entry.path.name}, {size / 1e6:.1f} MB, sha256 {entry.sha256[:12]}…")
 
-        checks.append(_guard(f"model {key}", "restore it with `git checkout -- quantized_models/`", body))
+        checks.append(_guard(f"model {key}", RESTORE_HINT, body))
     return checks
 
 

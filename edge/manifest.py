@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from edge.resources import bundled_dir
+
 MANIFEST_NAME = "manifest.json"
 MODELS_ENV = "DOORFACE_MODELS"
 RESTORE_HINT = (
-    "restore it with `git checkout -- quantized_models/` or rebuild it with `doorface-convert mtcnn`"
+    "restore it with `git checkout -- quantized_models/` (a source checkout), reinstall doorface "
+    "(`pip install --force-reinstall doorface`), or rebuild it with `doorface-convert`"
 )
 
 
@@ -36,9 +39,9 @@ class ModelIntegrityError(RuntimeError):
 
 
 def default_models_dir() -> Path:
-    """``$DOORFACE_MODELS`` if set, else the repository's ``quantized_models/``."""
+    """``$DOORFACE_MODELS`` if set, else the bundled ``quantized_models/`` (see :mod:`edge.resources`)."""
     env = os.environ.get(MODELS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "quantized_models"
+    return Path(env) if env else bundled_dir("quantized_models")
 
 
 @dataclass(frozen=True)
