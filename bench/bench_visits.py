@@ -61,7 +61,7 @@ def run_clip(plan: ClipPlan, lfw_root: Path, folder: Path, *, config=None, model
     with open_gallery(config, models.embedder.spec, path=folder / f"gallery-{plan.seed}.sqlite") as gallery:
         for name, photos in plan.enrollment:
             report = enroll_photos(gallery, name, photos, models.detector, models.embedder,
-                                   min_face_size=config.quality.min_face_size, thumbnails=False)
+                                   gate=config.quality, thumbnails=False)
             if report.enrolled == 0:
                 raise RuntimeError(f"no face enrolled for {name} from {[str(p) for p in photos]}")
         recognizer = build_recognizer(config, models, gallery)

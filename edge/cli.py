@@ -240,7 +240,7 @@ def _cmd_run(args) -> int:
 
 def _report_enrollment(report, *, from_photos: bool) -> int:
     for outcome in report.outcomes:
-        mark = "+" if outcome.status == "enrolled" else "-"
+        mark = "!" if outcome.unlike_others else "+" if outcome.enrolled else "-"
         print(f"  {mark} {outcome.source}: {outcome.message}", file=sys.stderr)
     if report.enrolled == 0:
         print(f"doorface: error: nothing enrolled for {report.name!r}: no usable face in the inputs "
@@ -248,13 +248,20 @@ def _report_enrollment(report, *, from_photos: bool) -> int:
         return EXIT_SOME_INPUTS_FAILED
     person = report.person
     print(f"enrolled {report.name!r}: {report.enrolled} new face(s), {person.embeddings} in total", file=sys.stderr)
+    if report.unlike_others:
+        print(f"doorface: warning: {len(report.unlike_others)} photo(s) marked '!' look unlike the other photos of "
+              f"{report.name!r}: if one shows someone else, remove {report.name!r} (`doorface people remove`) and "
+              "enroll again without it", file=sys.stderr)
     skipped = len(report.outcomes) - report.enrolled
     # Skipped video frames are expected (no face, several faces); a skipped photo is an input the user must fix.
     return EXIT_SOME_INPUTS_FAILED if skipped and from_photos else EXIT_OK
 
 
 def _cmd_enroll(args) -> int:
+    from dataclasses import replace
+
     from edge.enroll import enroll_frames, enroll_photos
+    from edge.matcher import threshold_from_entry
     from edge.runner import load_models, open_gallery
 
     if not args.photos and not args.video:
@@ -262,21 +269,25 @@ def _cmd_enroll(args) -> int:
         return EXIT_SETUP_ERROR
     config = _load_runtime_config(args)
     models = load_models(config, threads=args.threads)
-    quality = config.quality
+    # The matcher's threshold, so that a photo it would set aside as unlike the person's others is reported.
+    threshold = threshold_from_entry(models.manifest.entry(models.embedder.key), config.embedder.threshold)
+    common = {"gate": config.quality, "thumbnails": config.gallery.thumbnails, "threshold": threshold}
     with open_gallery(config, models.embedder.spec) as gallery:
         if args.photos:
-            report = enroll_photos(gallery, args.name, args.photos, models.detector, models.embedder,
-                                   min_face_size=quality.min_face_size, thumbnails=config.gallery.thumbnails)
+            report = enroll_photos(gallery, args.name, args.photos, models.detector, models.embedder, **common)
         else:
             from edge.sources import open_source
 
+            sampling = config.enroll
+            if args.samples is not None:
+                sampling = replace(sampling, samples=args.samples)
             cam = config.camera
+            seconds = args.seconds if args.seconds is not None else sampling.seconds
             with open_source(args.video, width=cam.width, height=cam.height,
                              reconnect_max_delay=cam.reconnect_max_delay) as source:
-                frames = ((f"{source.name}#{f.index}", f.image) for f in _limited(source, args.seconds))
+                frames = ((f"{source.name}#{f.index}", f.image) for f in _limited(source, seconds))
                 report = enroll_frames(gallery, args.name, frames, models.detector, models.embedder,
-                                       max_samples=args.samples, min_face_size=quality.min_face_size,
-                                       thumbnails=config.gallery.thumbnails)
+                                       sampling=sampling, **common)
     return _report_enrollment(report, from_photos=bool(args.photos))
 
 
@@ -346,7 +357,7 @@ def _cmd_demo(args) -> int:
         with open_gallery(config, models.embedder.spec, path=Path(tmp) / "gallery.sqlite") as gallery:
             for name, photo in people["enroll"].items():
                 report = enroll_photos(gallery, name, [demo_dir / photo], models.detector, models.embedder,
-                                       min_face_size=config.quality.min_face_size, thumbnails=False)
+                                       gate=config.quality, thumbnails=False)
                 if report.enrolled == 0:
                     raise ValueError(f"demo still {photo} gave no face: {report.outcomes[0].message}")
                 print(f"enrolled {name} from demo/{photo}", file=sys.stderr)
@@ -423,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("name", help="the person's display name")
     enroll.add_argument("photos", nargs="*", metavar="PHOTO_OR_FOLDER")
     enroll.add_argument("--video", metavar="SOURCE", help="capture from a camera/URL/video file instead of photos")
-    enroll.add_argument("--samples", type=int, default=10, help="faces to keep from --video (default 10)")
-    enroll.add_argument("--seconds", type=float, default=20.0, help="longest --video capture (default 20 s)")
+    enroll.add_argument("--samples", type=int, help="faces to keep from --video (default: enroll.samples, 10)")
+    enroll.add_argument("--seconds", type=float, help="longest --video capture (default: enroll.seconds, 20 s)")
     enroll.set_defaults(func=_cmd_enroll)
 
     people = sub.add_parser("people", parents=[common, gallery_opt], help="list, rename or remove enrolled people")
@@ -452,6 +463,10 @@ def main(argv=None) -> int:
 
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("doorface: error: --threads must be >= 1", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if args.command == "enroll" and (args.samples is not None and args.samples < 1
+                                     or args.seconds is not None and not args.seconds > 0):
+        print("doorface: error: --samples must be >= 1 and --seconds > 0", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "remove": 1,
                                                         "thumbnails": 2}[args.action]:

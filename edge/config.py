@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from edge.interpreter import parse_device
-from edge.mtcnn import CascadeParams
+from edge.mtcnn import DEFAULT_PARAMS, CascadeParams
 from edge.resources import bundled_dir
 
 DEFAULT_DEVICE = "generic-x86"
@@ -32,18 +32,29 @@ def _field(default, description: str, *, low=None, high=None, choices=None):
                                             "choices": choices})
 
 
+# The CascadeParams a device config may set; the NMS overlaps keep MTCNN's values.
+CASCADE_KEYS = ("min_face_size", "scale_factor", "pnet_threshold", "rnet_threshold", "onet_threshold",
+                "max_pnet_side")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
+    """The detector's interpreters, and the cascade settings a device may tune (the rest keep MTCNN's values)."""
+
     num_threads: int = _field(2, "CPU threads for each TFLite interpreter", low=1, high=16)
     device: str = _field("cpu", "'cpu', or 'edgetpu[:usb[:N]|:pci]' for a Coral (falls back to CPU if absent)")
-    min_face_size: float = _field(20.0, "smallest face side to look for, in frame pixels (larger is faster)",
-                                  low=12.0, high=2000.0)
-    scale_factor: float = _field(0.709, "ratio between pyramid levels", low=0.3, high=0.95)
-    pnet_threshold: float = _field(0.6, "P-Net face score to propose a candidate", low=0.0, high=1.0)
-    rnet_threshold: float = _field(0.7, "R-Net face score to keep a candidate", low=0.0, high=1.0)
-    onet_threshold: float = _field(0.7, "O-Net face score to report a face", low=0.0, high=1.0)
-    max_pnet_side: int = _field(1600, "longest image side P-Net searches at; bounds time on huge images",
-                                low=48, high=10000)
+    # The cascade's defaults are edge.mtcnn's (the published MTCNN settings): written once, read here.
+    min_face_size: float = _field(DEFAULT_PARAMS.min_face_size, "smallest face side to look for, in frame pixels "
+                                                                "(larger is faster)", low=12.0, high=2000.0)
+    scale_factor: float = _field(DEFAULT_PARAMS.scale_factor, "ratio between pyramid levels", low=0.3, high=0.95)
+    pnet_threshold: float = _field(DEFAULT_PARAMS.pnet_threshold, "P-Net face score to propose a candidate",
+                                   low=0.0, high=1.0)
+    rnet_threshold: float = _field(DEFAULT_PARAMS.rnet_threshold, "R-Net face score to keep a candidate",
+                                   low=0.0, high=1.0)
+    onet_threshold: float = _field(DEFAULT_PARAMS.onet_threshold, "O-Net face score to report a face",
+                                   low=0.0, high=1.0)
+    max_pnet_side: int = _field(DEFAULT_PARAMS.max_pnet_side, "longest image side P-Net searches at; bounds time "
+                                                              "on huge images", low=48, high=10000)
 
     def __post_init__(self) -> None:
         try:
@@ -52,14 +63,7 @@ class DetectorConfig:
             raise ConfigError(f"detector.device: {exc}") from None
 
     def cascade_params(self) -> CascadeParams:
-        return CascadeParams(
-            min_face_size=self.min_face_size,
-            scale_factor=self.scale_factor,
-            pnet_threshold=self.pnet_threshold,
-            rnet_threshold=self.rnet_threshold,
-            onet_threshold=self.onet_threshold,
-            max_pnet_side=self.max_pnet_side,
-        )
+        return dataclasses.replace(DEFAULT_PARAMS, **{name: getattr(self, name) for name in CASCADE_KEYS})
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,20 @@ class MatchConfig:
 class GalleryConfig:
     path: Optional[str] = _field(None, "SQLite gallery file (default: $DOORFACE_HOME/gallery.sqlite)")
     thumbnails: bool = _field(True, "keep a small face thumbnail per enrolled photo, for checking enrollments")
+    watch_interval: float = _field(5.0, "seconds between two looks of a running `doorface run` at the gallery for "
+                                        "people enrolled, renamed or removed meanwhile", low=0.1, high=3600.0)
 
     def resolved_path(self) -> Path:
         return Path(self.path).expanduser() if self.path else default_data_dir() / "gallery.sqlite"
+
+
+@dataclass(frozen=True)
+class EnrollConfig:
+    samples: int = _field(10, "faces `doorface enroll --video` keeps (--samples overrides)", low=1, high=1000)
+    min_gap: int = _field(5, "frames between two samples of a video enrollment: consecutive frames are near copies "
+                             "of one pose", low=1, high=1000)
+    seconds: float = _field(20.0, "longest `doorface enroll --video` capture, in seconds (--seconds overrides)",
+                            low=1.0, high=3600.0)
 
 
 @dataclass(frozen=True)
@@ -215,6 +230,8 @@ class Config:
     tracker: TrackerConfig = field(default_factory=TrackerConfig, metadata={"description": "tracks and votes"})
     match: MatchConfig = field(default_factory=MatchConfig, metadata={"description": "gallery matching"})
     gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"description": "enrolled persons"})
+    enroll: EnrollConfig = field(default_factory=EnrollConfig, metadata={"description": "enrolling from a video or "
+                                                                                          "camera"})
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"description": "MQTT and Home Assistant"})
 
 

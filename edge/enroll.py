@@ -2,8 +2,10 @@
 
 Only unambiguous faces are enrolled: a photo with several faces is skipped rather than guessed at, because
 enrolling the wrong face (a friend in the background, a poster) makes the door greet a stranger by a family member's
-name. Everything a run collects is written with one :meth:`Gallery.add`, one transaction: a run that is interrupted,
-or finds no usable face, leaves the gallery as it was.
+name. A face must also pass the runtime's own quality gate (size, pose, sharpness: :mod:`edge.quality`): the door
+camera never embeds a face that fails it, so such a sample would only be compared with faces unlike it.
+Everything a run collects is written with one :meth:`Gallery.add`, one transaction: a run that is interrupted, or
+finds no usable face, leaves the gallery as it was.
 
 Each photo gets a :class:`PhotoOutcome` saying what happened and, when skipped, what to do about it.
 """
@@ -19,10 +21,12 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from edge import quality
+from edge.config import EnrollConfig, QualityConfig
 from edge.detector import MtcnnDetector
 from edge.embedder import Embedder
 from edge.gallery import Gallery, Person, validate_name
-from edge.image_io import ImageError, load_image, to_rgb
+from edge.image_io import IMAGE_EXTENSIONS, ImageError, load_image, to_rgb
 from edge.matcher import person_template
 
 logger = logging.getLogger(__name__)
@@ -31,9 +35,9 @@ ENROLLED = "enrolled"
 NO_FACE = "no_face"
 SEVERAL_FACES = "several_faces"
 UNREADABLE = "unreadable"
-TOO_SMALL = "too_small"
-STATUSES = (ENROLLED, NO_FACE, SEVERAL_FACES, UNREADABLE, TOO_SMALL)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+TOO_SMALL, TURNED, TILTED, BLURRED = quality.TOO_SMALL, quality.TURNED, quality.TILTED, quality.BLURRED
+STATUSES = (ENROLLED, NO_FACE, SEVERAL_FACES, UNREADABLE, TOO_SMALL, TURNED, TILTED, BLURRED)
+DEFAULT_GATE, DEFAULT_SAMPLING = QualityConfig(), EnrollConfig()  # the config's defaults, for library callers
 THUMBNAIL_QUALITY = 85
 THUMBNAIL_MAX_BYTES = 10_000
 
@@ -48,6 +52,8 @@ class PhotoOutcome:
     status: str  # one of STATUSES
     faces: int
     message: str
+    unlike_others: bool = False
+    """Enrolled, but unlike the person's other photos: often someone else's photo, mixed in by mistake."""
 
     @property
     def enrolled(self) -> bool:
@@ -65,6 +71,10 @@ class EnrollReport:
     @property
     def skipped(self) -> tuple[PhotoOutcome, ...]:
         return tuple(o for o in self.outcomes if not o.enrolled)
+
+    @property
+    def unlike_others(self) -> tuple[PhotoOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.unlike_others)
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ def thumbnail_jpeg(chip_rgb: np.ndarray, max_bytes: int = THUMBNAIL_MAX_BYTES) -
     """An aligned RGB face chip as JPEG of at most ``max_bytes``: quality 85, lowered (then halved) if needed."""
     bgr = cv2.cvtColor(np.ascontiguousarray(chip_rgb), cv2.COLOR_RGB2BGR)
     while True:
-        for quality in (THUMBNAIL_QUALITY, 70, 55, 40):
-            ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        for jpeg_quality in (THUMBNAIL_QUALITY, 70, 55, 40):
+            ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             if ok and encoded.nbytes <= max_bytes:
                 return encoded.tobytes()
         if min(bgr.shape[:2]) <= 16:
@@ -116,12 +126,32 @@ def thumbnail_jpeg(chip_rgb: np.ndarray, max_bytes: int = THUMBNAIL_MAX_BYTES) -
         bgr = cv2.resize(bgr, (bgr.shape[1] // 2, bgr.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
+def _refusal(reason: str, box: np.ndarray, landmarks: np.ndarray, chip: Optional[np.ndarray],
+             gate: QualityConfig) -> str:
+    """Why the quality gate refused a face, with the measured value, the config key and what to do."""
+    never = "the door camera would not use this face either"
+    if reason == TOO_SMALL:
+        side = min(float(box[2] - box[0]), float(box[3] - box[1]))
+        return (f"the face is {side:.0f} px, smaller than quality.min_face_size = {gate.min_face_size:.0f} px; use a "
+                "closer or larger photo")
+    if reason in (TURNED, TILTED):
+        pose = quality.face_pose(landmarks)
+        if reason == TURNED:
+            return (f"the face is turned sideways (yaw {pose.yaw:+.2f}, quality.max_yaw = {gate.max_yaw}): {never}; "
+                    "use a photo looking at the camera")
+        return (f"the head is tilted up or down (pitch {pose.pitch:+.2f}, quality.max_pitch = {gate.max_pitch}): "
+                f"{never}; use a photo looking straight at the camera")
+    sharpness = quality.sharpness(chip) if chip is not None else float("nan")
+    return (f"the face is blurred (sharpness {sharpness:.0f}, below quality.min_sharpness = {gate.min_sharpness:.0f}):"
+            f" {never}; use a sharp, well-lit photo")
+
+
 def _examine(
     image: np.ndarray,
     source: str,
     detector: MtcnnDetector,
     embedder: Embedder,
-    min_face_size: float,
+    gate: QualityConfig,
     thumbnails: bool,
 ) -> tuple[PhotoOutcome, Optional[_Sample]]:
     detections = detector(image)
@@ -132,14 +162,16 @@ def _examine(
     if count > 1:
         return PhotoOutcome(source, SEVERAL_FACES, count, f"{count} faces found; crop the photo to the one person "
                                                           "to enroll"), None
-    x1, y1, x2, y2 = (float(v) for v in detections.boxes[0])
-    side = min(x2 - x1, y2 - y1)
-    if side < min_face_size:
-        return PhotoOutcome(source, TOO_SMALL, 1, f"the face is {side:.0f} px, smaller than {min_face_size:.0f} px; "
-                                                  "use a closer or larger photo"), None
-    landmarks = detections.landmarks[:1]
-    vector = embedder(image, landmarks)[0]
-    thumb = thumbnail_jpeg(embedder.align(image, landmarks[0])) if thumbnails else None
+    box, landmarks = detections.boxes[0], detections.landmarks[0]
+    verdict, chip = quality.geometry_verdict(box, landmarks, gate), None
+    if verdict == quality.OK:
+        chip = embedder.align(image, landmarks)
+        verdict = quality.chip_verdict(chip, gate)
+    if verdict != quality.OK:
+        return PhotoOutcome(source, verdict, 1, _refusal(verdict, box, landmarks, chip, gate)), None
+    side = min(float(box[2] - box[0]), float(box[3] - box[1]))
+    vector = embedder.embed_chips(chip[None])[0]
+    thumb = thumbnail_jpeg(chip) if thumbnails else None
     return PhotoOutcome(source, ENROLLED, 1, f"face of {side:.0f} px enrolled"), _Sample(vector, thumb)
 
 
@@ -154,11 +186,11 @@ def _flag_outliers(gallery: Gallery, name: str, enrolled: list[tuple[int, _Sampl
     for (index, _), inlier in zip(enrolled, template.inliers[len(vectors) - len(new):]):
         if not inlier:
             outcome = outcomes[index]
-            logger.warning("%s: enrolled, but unlike the other photos of %r; check it shows them", outcome.source,
-                           name)
+            logger.info("%s: enrolled, but unlike the other photos of %r", outcome.source, name)
             outcomes[index] = PhotoOutcome(outcome.source, outcome.status, outcome.faces,
                                            f"{outcome.message}, but it looks unlike the other photos of {name}: "
-                                           "check that it shows them (the matcher sets it aside meanwhile)")
+                                           "check that it shows them (the matcher sets it aside meanwhile)",
+                                           unlike_others=True)
 
 
 def _commit(gallery: Gallery, name: str, enrolled: list[tuple[int, _Sample]], outcomes: list[PhotoOutcome],
@@ -184,13 +216,14 @@ def enroll_photos(
     detector: MtcnnDetector,
     embedder: Embedder,
     *,
-    min_face_size: float = 40.0,
+    gate: QualityConfig = DEFAULT_GATE,
     thumbnails: bool = True,
     progress: Optional[Progress] = None,
     threshold: Optional[float] = None,
 ) -> EnrollReport:
     """Enroll ``name`` from photo files and folders of photos; see :class:`EnrollReport`.
 
+    ``gate``: the runtime's quality gate (``config.quality``); a face that fails it is refused, saying why.
     ``threshold``: the matcher's distance threshold (:func:`edge.matcher.threshold_from_entry`); when given, a
     photo the matcher will set aside as unlike the person's others says so in its outcome message (it is enrolled
     all the same). Raises (before any photo is read): InvalidNameError for a bad name, GalleryMismatchError if
@@ -211,7 +244,7 @@ def enroll_photos(
             except ImageError as exc:
                 outcome, sample = PhotoOutcome(item, UNREADABLE, 0, str(exc)), None
             else:
-                outcome, sample = _examine(image, item, detector, embedder, min_face_size, thumbnails)
+                outcome, sample = _examine(image, item, detector, embedder, gate, thumbnails)
             logger.debug("%s: %s (%s)", item, outcome.status, outcome.message)
         if sample is not None:
             enrolled.append((len(outcomes), sample))
@@ -229,23 +262,24 @@ def enroll_frames(
     detector: MtcnnDetector,
     embedder: Embedder,
     *,
-    max_samples: int = 10,
-    min_gap: int = 5,
-    min_face_size: float = 40.0,
+    sampling: EnrollConfig = DEFAULT_SAMPLING,
+    gate: QualityConfig = DEFAULT_GATE,
     thumbnails: bool = True,
     progress: Optional[Progress] = None,
     threshold: Optional[float] = None,
 ) -> EnrollReport:
     """Enroll ``name`` from (source label, RGB frame) pairs of a video or camera, e.g. ("video:door.mp4#120", f).
 
-    A frame is sampled when it shows exactly one face of at least ``min_face_size`` px and is ``min_gap`` or more
+    A frame is sampled when it shows exactly one face that passes ``gate`` and is ``sampling.min_gap`` or more
     frames after the previous sample (consecutive frames are near copies and would only weigh one pose more);
-    frames inside the gap are not even examined. Stops reading ``frames`` after ``max_samples`` samples, so a
-    camera stream can be passed as is; bound it in time yourself. Every examined frame gets an outcome.
-    ``progress`` is called with (samples so far, max_samples, outcome); ``threshold`` as for :func:`enroll_photos`.
+    frames inside the gap are not even examined. Stops reading ``frames`` after ``sampling.samples`` samples, so a
+    camera stream can be passed as is; bound it in time yourself (``sampling.seconds`` is the CLI's bound). Every
+    examined frame gets an outcome. ``progress`` is called with (samples so far, sampling.samples, outcome);
+    ``threshold`` as for :func:`enroll_photos`.
     """
+    max_samples, min_gap = sampling.samples, sampling.min_gap
     if max_samples < 1 or min_gap < 1:
-        raise ValueError(f"max_samples and min_gap must be >= 1, got {max_samples} and {min_gap}")
+        raise ValueError(f"enroll.samples and enroll.min_gap must be >= 1, got {max_samples} and {min_gap}")
     name = validate_name(name)
     gallery.require_embedder(embedder.spec.key, embedder.spec.sha256)
     outcomes: list[PhotoOutcome] = []
@@ -260,7 +294,7 @@ def enroll_frames(
         except ImageError as exc:
             outcome, sample = PhotoOutcome(str(label), UNREADABLE, 0, str(exc)), None
         else:
-            outcome, sample = _examine(image, str(label), detector, embedder, min_face_size, thumbnails)
+            outcome, sample = _examine(image, str(label), detector, embedder, gate, thumbnails)
         if sample is not None:
             enrolled.append((len(outcomes), sample))
             sources.append(str(label))

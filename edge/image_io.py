@@ -29,6 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+#: File name extensions (lower case) of the images doorface takes from a folder (enrollment, image-folder sources):
+#: the formats every OpenCV build decodes. Other files in a folder are ignored; a file named explicitly is tried
+#: whatever its extension.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 logger = logging.getLogger(__name__)
 
 #: Largest image (height × width) :func:`load_image` accepts. 10000×10000 (1e8 pixels) still loads.

@@ -68,23 +68,22 @@ def build_recognizer(config: Config, models: Models, gallery: Gallery, *, keep_c
 class GalleryWatcher:
     """Picks up enrollments made while ``doorface run`` is running (``doorface enroll`` in another shell).
 
-    Called after each frame; every ``interval`` seconds it reads the gallery's revision counter (one small query:
-    SQLite in WAL mode lets the enrolling process write meanwhile) and, when it changed, rebuilds the matcher and
-    tells ``on_persons`` (the publisher, to announce or delete presence entities).
+    Called after each frame; every ``gallery.watch_interval`` seconds (config) it reads the gallery's revision
+    counter (one small query: SQLite in WAL mode lets the enrolling process write meanwhile) and, when it changed,
+    rebuilds the matcher and tells ``on_persons`` (the publisher, to announce or delete presence entities).
     """
 
     def __init__(self, gallery: Gallery, recognizer: Recognizer, entry, config: Config, *,
-                 on_persons: Optional[Callable[[list[str]], None]] = None, interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 on_persons: Optional[Callable[[list[str]], None]] = None, clock: Callable[[], float] = time.monotonic):
         self.gallery = gallery
         self.recognizer = recognizer
         self.entry = entry
         self.config = config
         self.on_persons = on_persons
-        self.interval = interval
+        self.interval = config.gallery.watch_interval
         self._clock = clock
         self._revision = gallery.revision()
-        self._next = clock() + interval
+        self._next = clock() + self.interval
 
     def __call__(self, _result: Optional[FrameResult] = None) -> bool:
         """True when the gallery changed and the matcher was rebuilt."""

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from edge.image_io import ImageError, load_image, to_rgb
+from edge.image_io import IMAGE_EXTENSIONS, ImageError, load_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ __all__ = [
     "redact_url",
 ]
 
-#: File name extensions (lower case) an image folder source reads; other files are ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: URL schemes handed to OpenCV's FFmpeg backend as live streams.
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
 

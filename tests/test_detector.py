@@ -125,7 +125,7 @@ def test_tampered_model_is_refused_with_how_to_restore(tmp_path):
 def test_missing_model_and_manifest_errors(tmp_path):
     models = _copy_models(tmp_path)
     (models / Manifest.load(models).entry("onet").path.name).unlink()
-    with pytest.raises(ModelIntegrityError, match=r"onet.*is missing.*doorface-convert mtcnn"):
+    with pytest.raises(ModelIntegrityError, match=r"onet.*is missing.*reinstall doorface.*doorface-convert"):
         MtcnnDetector.from_manifest(Manifest.load(models))
     with pytest.raises(ManifestError, match="not found"):
         Manifest.load(tmp_path / "nowhere")

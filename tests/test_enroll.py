@@ -9,14 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.config import EnrollConfig, QualityConfig
 from edge.detector import MtcnnDetector
 from edge.embedder import Embedder
 from edge.enroll import (
+    BLURRED,
     ENROLLED,
     NO_FACE,
     SEVERAL_FACES,
     THUMBNAIL_MAX_BYTES,
     TOO_SMALL,
+    TURNED,
     UNREADABLE,
     enroll_frames,
     enroll_photos,
@@ -29,10 +32,11 @@ from edge.matcher import Calibration, Matcher, threshold_from_entry
 
 KEY = "dlib_resnet"
 CALIBRATION = Calibration(slope=-60.0, intercept=4.6)  # until the manifest carries the lead's LFW fit
-# The first three single-face photos of each (sorted); Colin_Powell_0049 shows three faces.
+# The first three single-face photos of each (sorted) that pass the runtime's quality gate: Colin_Powell_0049 shows
+# three faces, Colin_Powell_0071 is turned too far for the door camera to embed it.
 ENROLL_LFW = {
     "George W. Bush": ("George_W_Bush", ("0007", "0016", "0065")),
-    "Colin Powell": ("Colin_Powell", ("0040", "0071", "0133")),
+    "Colin Powell": ("Colin_Powell", ("0040", "0133", "0182")),
     "Tony Blair": ("Tony_Blair", ("0018", "0032", "0048")),
 }
 STRANGERS = ("Donald_Rumsfeld", "Gerhard_Schroeder", "Hugo_Chavez", "Jacques_Chirac", "Joseph_Biden", "Ariel_Sharon")
@@ -157,13 +161,33 @@ def test_bad_photos_are_reported_and_nothing_is_written(tmp_path, video, gallery
     ]
     messages = {Path(o.source).name: o.message for o in report.outcomes}
     assert "notes.jpg" in messages["notes.jpg"] and "no such file" in messages["missing.jpg"]
-    assert "holds no images" in messages["empty_folder"] and "smaller than 40 px" in messages["tiny.png"]
+    assert "holds no images" in messages["empty_folder"]
+    assert "smaller than quality.min_face_size = 40 px" in messages["tiny.png"]
     assert [d for d, _, _ in seen] == list(range(1, 7)) and {t for _, t, _ in seen} == {6}
     assert report.enrolled == 0 and report.person is None and len(report.skipped) == 6
     assert len(gallery) == 0 and gallery.revision() == 0
 
     # The same too-small face passes with a lower minimum.
-    assert enroll_photos(gallery, "Nobody", [tiny], detector, embedder, min_face_size=20).enrolled == 1
+    assert enroll_photos(gallery, "Nobody", [tiny], detector, embedder,
+                         gate=QualityConfig(min_face_size=20)).enrolled == 1
+
+
+def test_enrollment_applies_the_runtimes_quality_gate(tmp_path, lfw, gallery, models):
+    """A face the door camera would never embed (blurred, turned) is refused, saying why and what to do."""
+    detector, embedder, _ = models
+    sharp = lfw_photo(lfw, "Colin_Powell", "0040")
+    blurred = tmp_path / "blurred.png"
+    save_image(blurred, cv2.GaussianBlur(load_image(sharp), (0, 0), 3))
+    report = enroll_photos(gallery, "Colin Powell", [sharp, blurred], detector, embedder)
+    assert [o.status for o in report.outcomes] == [ENROLLED, BLURRED]
+    assert "quality.min_sharpness" in report.outcomes[1].message and "sharp" in report.outcomes[1].message
+    assert report.person.embeddings == 1
+
+    strict = QualityConfig(max_yaw=0.0)  # no real face is exactly frontal: the same photo is now "turned"
+    turned = enroll_photos(gallery, "Colin Powell", [lfw_photo(lfw, "Colin_Powell", "0133")], detector, embedder,
+                           gate=strict)
+    assert [o.status for o in turned.outcomes] == [TURNED] and "quality.max_yaw" in turned.outcomes[0].message
+    assert turned.person is None and gallery.persons()[0].embeddings == 1
 
 
 def test_folders_are_expanded_sorted_and_duplicates_dropped(tmp_path, lfw, gallery, models):
@@ -178,12 +202,12 @@ def test_folders_are_expanded_sorted_and_duplicates_dropped(tmp_path, lfw, galle
                            thumbnails=False)
     assert [Path(o.source).name for o in report.outcomes] == [f"Colin_Powell_{n}.jpg"
                                                                for n in ("0040", "0049", "0071", "0133")]
-    assert [o.status for o in report.outcomes] == [ENROLLED, SEVERAL_FACES, ENROLLED, ENROLLED]
-    assert report.enrolled == 3 and report.person.embeddings == 3
+    assert [o.status for o in report.outcomes] == [ENROLLED, SEVERAL_FACES, TURNED, ENROLLED]
+    assert report.enrolled == 2 and report.person.embeddings == 2
     assert gallery.thumbnails("Colin Powell") == []
 
     again = enroll_photos(gallery, "Colin Powell", [lfw_photo(lfw, "Colin_Powell", "0170")], detector, embedder)
-    assert again.person.embeddings == 4 and len(gallery) == 1
+    assert again.person.embeddings == 3 and len(gallery) == 1
 
 
 def test_lfw_persons_are_recognised_and_strangers_are_not(lfw, gallery, models):
@@ -228,6 +252,7 @@ def test_a_strangers_photo_mixed_in_is_flagged_and_set_aside(lfw, gallery, model
     assert report.enrolled == 4  # stored all the same: whether it is wrong is the user's call
     flagged = [Path(o.source).name for o in report.outcomes if "looks unlike the other photos" in o.message]
     assert flagged == ["Jacques_Chirac_0002.jpg"]
+    assert [Path(o.source).name for o in report.unlike_others] == flagged
 
     matcher = Matcher.from_gallery(gallery, entry, calibration=CALIBRATION)
     assert matcher.templates["George W. Bush"].inliers.tolist() == [True, True, True, False]
@@ -256,7 +281,8 @@ def test_enroll_from_video_frames(video, gallery, models):
     detector, embedder, entry = models
     consumed: list[int] = []
     frames = video_frames(video / "short_hamilton_clip.mp4", 85, 215, consumed)
-    report = enroll_frames(gallery, "Lin-Manuel Miranda", frames, detector, embedder, max_samples=4, min_gap=10,
+    report = enroll_frames(gallery, "Lin-Manuel Miranda", frames, detector, embedder,
+                           sampling=EnrollConfig(samples=4, min_gap=10),
                            threshold=threshold_from_entry(entry))
     assert report.enrolled == 4 and report.person.embeddings == 4
     sampled = [int(s.rsplit("#", 1)[1]) for s in gallery.sources("Lin-Manuel Miranda")]
@@ -275,7 +301,7 @@ def test_frames_without_a_usable_face_enroll_nothing(gallery, models):
     detector, embedder, _ = models
     blank = np.full((240, 320, 3), 128, np.uint8)
     frames = [(f"camera#{i}", blank) for i in range(3)] + [("camera#3", np.zeros((0, 5, 3), np.uint8))]
-    report = enroll_frames(gallery, "Nobody", frames, detector, embedder, min_gap=1)
+    report = enroll_frames(gallery, "Nobody", frames, detector, embedder, sampling=EnrollConfig(min_gap=1))
     assert [o.status for o in report.outcomes] == [NO_FACE] * 3 + [UNREADABLE]
     assert report.enrolled == 0 and report.person is None and len(gallery) == 0
 

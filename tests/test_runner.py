@@ -38,13 +38,14 @@ def test_detection_every_k_frames(tmp_path, models, shared_data):
 
 def test_enrollment_while_running_is_picked_up(tmp_path, models, shared_data):
     config = load_config()
+    config = replace(config, gallery=replace(config.gallery, watch_interval=2.0))  # gallery.watch_interval
     path = tmp_path / "g.sqlite"
     now = [0.0]
     announced = []
     with open_gallery(config, models.embedder.spec, path=path) as gallery:
         recognizer = build_recognizer(config, models, gallery)
         watcher = GalleryWatcher(gallery, recognizer, models.manifest.entry(models.embedder.key), config,
-                                 on_persons=announced.append, interval=5.0, clock=lambda: now[0])
+                                 on_persons=announced.append, clock=lambda: now[0])
         frames = portrait_frames(shared_data, 12)
         first = [recognizer.process(f) for f in frames[:3]]
         assert all(face.match.name is None for r in first for face in r.faces if face.match is not None)
@@ -54,7 +55,9 @@ def test_enrollment_while_running_is_picked_up(tmp_path, models, shared_data):
                                    models.detector, models.embedder)
             assert report.enrolled == 1
         assert watcher() is False  # not yet time to look
-        now[0] = 6.0
+        now[0] = 1.9
+        assert watcher() is False
+        now[0] = 2.1
         assert watcher() is True
         assert announced == [["Lin-Manuel Miranda"]]
         assert watcher() is False
