@@ -136,10 +136,10 @@ SUMMARY_STAGES = ("detect", "align", "embed", "match", "track")
 
 
 def _load_runtime_config(args):
-    """The config with the command line's overrides (--source, --gallery, --no-mqtt) applied."""
+    """The config with the command line's overrides (--source, --gallery, --no-mqtt, --mqtt-host/port) applied."""
     from dataclasses import replace
 
-    from edge.config import load_config
+    from edge.config import ConfigError, load_config
 
     config = load_config(args.device_config, args.config)
     if getattr(args, "source", None):
@@ -148,6 +148,13 @@ def _load_runtime_config(args):
         config = replace(config, gallery=replace(config.gallery, path=str(args.gallery)))
     if getattr(args, "no_mqtt", False):
         config = replace(config, mqtt=replace(config.mqtt, enabled=False))
+    broker = {key: value for key, value in (("host", getattr(args, "mqtt_host", None)),
+                                            ("port", getattr(args, "mqtt_port", None))) if value is not None}
+    if broker:
+        try:
+            config = replace(config, mqtt=replace(config.mqtt, **broker))
+        except ConfigError as exc:
+            raise ConfigError(f"--mqtt-host/--mqtt-port: {exc}") from None
     return config
 
 
@@ -409,10 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print one JSON object")
     compare.set_defaults(func=_cmd_compare, min_face_size=None)
 
+    broker_opt = argparse.ArgumentParser(add_help=False)
+    broker_opt.add_argument("--mqtt-host", help="override mqtt.host: the broker's host name or address")
+    broker_opt.add_argument("--mqtt-port", type=int, help="override mqtt.port")
     gallery_opt = argparse.ArgumentParser(add_help=False)
     gallery_opt.add_argument("--gallery", type=Path, help="gallery file (default: the config's gallery.path)")
 
-    run_cmd = sub.add_parser("run", parents=[common, gallery_opt],
+    run_cmd = sub.add_parser("run", parents=[common, gallery_opt, broker_opt],
                              help="recognize people at the camera and publish events over MQTT")
     run_cmd.add_argument("--source", help="override camera.source: picamera2, a device index, a URL, a video, "
                                           "a folder")
@@ -445,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     people.add_argument("--json", action="store_true", help="list as JSON")
     people.set_defaults(func=_cmd_people)
 
-    doctor = sub.add_parser("doctor", parents=[common, gallery_opt],
+    doctor = sub.add_parser("doctor", parents=[common, gallery_opt, broker_opt],
                             help="check camera, models, interpreter, accelerator, gallery and broker")
     doctor.add_argument("--source", help="try this camera source instead of camera.source")
     doctor.add_argument("--no-camera", action="store_true", help="skip the camera check")
@@ -463,6 +473,9 @@ def main(argv=None) -> int:
 
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("doorface: error: --threads must be >= 1", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if getattr(args, "mqtt_port", None) is not None and not 1 <= args.mqtt_port <= 65535:
+        print(f"doorface: error: --mqtt-port must be between 1 and 65535, got {args.mqtt_port}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if args.command == "enroll" and (args.samples is not None and args.samples < 1
                                      or args.seconds is not None and not args.seconds > 0):

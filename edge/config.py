@@ -8,6 +8,8 @@ wrong types and out-of-range values with an error that names the file and the do
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -168,6 +170,25 @@ class EnrollConfig:
                             low=1.0, high=3600.0)
 
 
+def _check_host(host: str) -> None:
+    """A host name or address only: a port or a URL scheme in it would fail much later, at connect time."""
+    if not host or host != host.strip():
+        raise ConfigError(f"mqtt.host: expected a host name or address, got {host!r}")
+    if "://" in host:
+        bare = host.split("://", 1)[1].split("/", 1)[0]
+        raise ConfigError(f"mqtt.host: {host!r} is a URL: write only the host (mqtt.host: {bare.rsplit(':', 1)[0]}); "
+                          "the port goes in mqtt.port and TLS is set with mqtt.tls_ca_file")
+    try:
+        ipaddress.IPv6Address(host)
+        return  # "::1" and friends hold colons of their own
+    except ValueError:
+        pass
+    if ":" in host:
+        name, _, port = host.rpartition(":")
+        name = name.strip("[]")
+        raise ConfigError(f"mqtt.host: {host!r} holds a port: write mqtt.host: {name} and mqtt.port: {port}")
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     enabled: bool = _field(True, "publish events over MQTT")
@@ -194,6 +215,7 @@ class MqttConfig:
                                    low=10, high=10_000_000)
 
     def __post_init__(self) -> None:
+        _check_host(self.host)
         for key in ("prefix", "discovery_prefix"):
             value = getattr(self, key)
             if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
@@ -257,6 +279,23 @@ def _coerce(value: Any, tp: str, where: str) -> Any:
 RETIRED_KEYS = {
     "tracker.max_missed": "use tracker.max_missing, in seconds (0.5 is 5 frames at 10 fps)",
 }
+# Keys people write from other tools' configs, and what they mean here.
+KEY_HINTS = {
+    "mqtt.user": "did you mean `username`?",
+    "mqtt.password": "the password is not written in the config: set the variable named by `password_env` "
+                     "(DOORFACE_MQTT_PASSWORD by default) or point `password_file` at a file holding it",
+    "mqtt.tls": "TLS is on when `tls_ca_file` is set",
+}
+
+
+def _unknown_key(key: str, name: str, allowed) -> str:
+    if key in RETIRED_KEYS:
+        return f"{key}: no longer a key: {RETIRED_KEYS[key]}"
+    hint = KEY_HINTS.get(key)
+    if hint is None:
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else ""
+    return f"{key}: unknown key; {hint + ' ' if hint else ''}(allowed: {', '.join(sorted(allowed))})"
 
 
 def _build(cls, data: Any, where: str):
@@ -268,10 +307,7 @@ def _build(cls, data: Any, where: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        key = f"{prefix}{unknown[0]}"
-        if key in RETIRED_KEYS:
-            raise ConfigError(f"{key}: no longer a key: {RETIRED_KEYS[key]}")
-        raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(fields))})")
+        raise ConfigError(_unknown_key(f"{prefix}{unknown[0]}", str(unknown[0]), fields))
     values = {}
     for name, value in data.items():
         f = fields[name]

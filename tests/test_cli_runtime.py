@@ -102,6 +102,14 @@ def test_doctor_says_what_is_fine_and_what_to_fix(tmp_path, shared_data, door_vi
         assert enrolled.returncode == 0, enrolled.stderr
         after = doorface("doctor", "--config", config, env=cli_env)
         port = broker.port
+        # The broker flags override the config's: a wrong port fails, the right one on the command line passes.
+        wrong = doorface("doctor", "--config", config, "--no-camera", "--mqtt-port", "1", env=cli_env)
+        right = doorface("doctor", "--config", config, "--no-camera", "--mqtt-host", "127.0.0.1", "--mqtt-port",
+                         str(port), env=cli_env)
+    assert "[FAIL] mqtt" in wrong.stdout and "127.0.0.1:1" in wrong.stdout, wrong.stdout
+    assert "[ok] mqtt" in right.stdout, right.stdout
+    bad = doorface("doctor", "--config", config, "--no-camera", "--mqtt-host", f"127.0.0.1:{port}", env=cli_env)
+    assert bad.returncode == 2 and f"write mqtt.host: 127.0.0.1 and mqtt.port: {port}" in bad.stderr, bad.stderr
     assert after.returncode == 0, after.stdout
     for part in ("interpreter", "model pnet", "model rnet", "model onet", "model mobilefacenet", "accelerator",
                  "camera", "gallery", "mqtt"):
