@@ -5,8 +5,12 @@ Every check returns a :class:`Check` instead of raising, so one broken part neve
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from edge.config import Config
@@ -76,14 +80,49 @@ def check_device(config: Config) -> Check:
     return _guard("accelerator", "", body)
 
 
+def _absent_camera_device(spec: str) -> Optional[str]:
+    """Why a camera index cannot work, known without opening it (Linux: no ``/dev/videoN``); None if it may."""
+    if not (spec.isdigit() and sys.platform.startswith("linux")):
+        return None
+    device = Path(f"/dev/video{spec}")
+    if device.exists():
+        return None
+    present = sorted(str(p) for p in Path("/dev").glob("video*"))
+    return f"no {device}: " + (f"the video devices are {', '.join(present)}" if present else "no camera is attached")
+
+
+@contextmanager
+def _quiet_camera_probe():
+    """OpenCV's and the source's retry warnings would bury the check's one line: silenced while it runs."""
+    import cv2
+
+    sources_log = logging.getLogger("edge.sources")
+    cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = cv_logging.getLogLevel() if cv_logging is not None else None
+    old = sources_log.level
+    sources_log.setLevel(logging.ERROR)
+    if cv_logging is not None:
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        sources_log.setLevel(old)
+        if cv_logging is not None:
+            cv_logging.setLogLevel(level)
+
+
 def check_camera(config: Config, source: Optional[str] = None, timeout: float = 5.0) -> Check:
     spec = source or config.camera.source
+    fix = "check camera.source (`doorface doctor --source ...` to try another) and the cable/URL"
 
     def body() -> Check:
         from edge.sources import open_source
 
-        with open_source(spec, width=config.camera.width, height=config.camera.height,
-                         reconnect_max_delay=config.camera.reconnect_max_delay) as cam:
+        absent = _absent_camera_device(spec)
+        if absent is not None:
+            return Check("camera", False, f"{spec}: {absent}", fix)
+        with _quiet_camera_probe(), open_source(spec, width=config.camera.width, height=config.camera.height,
+                                                reconnect_max_delay=config.camera.reconnect_max_delay) as cam:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 frame = cam.read(timeout=0.2)
@@ -92,8 +131,7 @@ def check_camera(config: Config, source: Optional[str] = None, timeout: float = 
                     return Check("camera", True, f"{cam.name}: first frame {w}x{h}")
                 if cam.ended:
                     break
-        return Check("camera", False, f"{spec}: no frame within {timeout:.0f} s",
-                     "check camera.source (`doorface doctor --source ...` to try another) and the cable/URL")
+        return Check("camera", False, f"{spec}: no frame within {timeout:.0f} s", fix)
 
     return _guard("camera", "check camera.source in your config", body)
 
@@ -132,8 +170,42 @@ def check_broker(config: Config, timeout: float = 5.0) -> Check:
     return _guard("mqtt", f"start the broker at {where} or fix mqtt.host/port/username/password", body)
 
 
+INFERENCE_PHOTO = "lin-manuel-miranda.jpg"  # a bundled demo still with one clear face
+INFERENCE_FIX = ("the interpreter cannot run the models: reinstall it for this numpy (tflite-runtime needs numpy<2: "
+                 "`pip install 'numpy<2' tflite-runtime`; else `pip install --force-reinstall ai-edge-litert`)")
+
+
+def check_inference(config: Config) -> Check:
+    """Every model the runtime uses, run once on a real face: an interpreter built for another numpy, or a model
+    the interpreter cannot execute, fails here rather than at the first visitor."""
+    def body() -> Check:
+        import numpy as np
+
+        from edge.image_io import load_image
+        from edge.resources import bundled_dir
+        from edge.runner import load_models
+
+        image = load_image(bundled_dir("demo") / INFERENCE_PHOTO)
+        models = load_models(config, threads=1)
+        start = time.perf_counter()
+        faces = models.detector(image)
+        detected = time.perf_counter()
+        if len(faces) == 0:
+            return Check("inference", False, f"the detector found no face in demo/{INFERENCE_PHOTO}",
+                         "rebuild the MTCNN models (`doorface-convert mtcnn`) or reinstall doorface")
+        vector = models.embedder(image, faces.landmarks[:1])[0]
+        embedded = time.perf_counter()
+        if not (np.all(np.isfinite(vector)) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3):
+            return Check("inference", False, f"{models.embedder.key} gave a non-unit embedding", INFERENCE_FIX)
+        return Check("inference", True, f"MTCNN found {len(faces)} face(s) in demo/{INFERENCE_PHOTO} in "
+                                        f"{(detected - start) * 1e3:.0f} ms, {models.embedder.key} embedded it in "
+                                        f"{(embedded - detected) * 1e3:.0f} ms (first run, 1 thread)")
+
+    return _guard("inference", INFERENCE_FIX, body)
+
+
 def run_checks(config: Config, *, source: Optional[str] = None, camera: bool = True) -> list[Check]:
-    checks = [check_interpreter(), *check_models(config), check_device(config)]
+    checks = [check_interpreter(), *check_models(config), check_inference(config), check_device(config)]
     if camera:
         checks.append(check_camera(config, source))
     checks += [check_gallery(config), check_broker(config)]

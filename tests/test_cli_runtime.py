@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from door_scene import ENROLL, PERSON_A, doorface, lfw_photo, write_config
@@ -111,7 +112,8 @@ def test_doctor_says_what_is_fine_and_what_to_fix(tmp_path, shared_data, door_vi
     bad = doorface("doctor", "--config", config, "--no-camera", "--mqtt-host", f"127.0.0.1:{port}", env=cli_env)
     assert bad.returncode == 2 and f"write mqtt.host: 127.0.0.1 and mqtt.port: {port}" in bad.stderr, bad.stderr
     assert after.returncode == 0, after.stdout
-    for part in ("interpreter", "model pnet", "model rnet", "model onet", "model mobilefacenet", "accelerator",
+    for part in ("interpreter", "model pnet", "model rnet", "model onet", "model mobilefacenet", "inference",
+                 "accelerator",
                  "camera", "gallery", "mqtt"):
         assert f"[ok] {part}" in after.stdout, after.stdout
     assert f"127.0.0.1:{port}" in after.stdout
@@ -131,4 +133,15 @@ def test_doctor_names_a_tampered_model(tmp_path, cli_env):
     result = doorface("doctor", "--config", config, "--no-camera", env={**cli_env, "DOORFACE_MODELS": str(models)})
     assert result.returncode == 1
     assert "[FAIL] model onet" in result.stdout and "git checkout" in result.stdout
+    assert "[FAIL] inference" in result.stdout  # nothing runs on a broken model
     assert "[ok] model pnet" in result.stdout
+
+
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="a camera is attached at /dev/video0")
+def test_doctor_camera_check_is_quiet_and_quick_without_a_camera(tmp_path, cli_env):
+    config = str(write_config(tmp_path, None, tmp_path))
+    result = doorface("doctor", "--config", config, "--source", "0", env=cli_env)
+    # Known without opening the device, so the 5 s wait for a first frame is not spent either.
+    camera = [line for line in result.stdout.splitlines() if line.startswith("[FAIL] camera")]
+    assert camera == ["[FAIL] camera: 0: no /dev/video0: no camera is attached"], result.stdout
+    assert "WARN" not in result.stderr and "retrying" not in result.stderr, result.stderr
