@@ -245,18 +245,43 @@ def _cmd_run(args) -> int:
     return EXIT_OK
 
 
+class _EnrollProgress:
+    """Each input's outcome as soon as it is known, with a bar on a terminal: a big folder is not silent until the
+    end. ``progress(done, total, outcome)`` as edge.enroll calls it."""
+
+    BAR_WIDTH = 30
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, done: int, total: int, outcome) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")  # the bar's line, cleared for the outcome
+        self.stream.write(f"  {'+' if outcome.enrolled else '-'} {outcome.source}: {outcome.message}\n")
+        if self.tty and done < total:
+            filled = self.BAR_WIDTH * done // max(total, 1)
+            self.stream.write(f"{self.label} [{'#' * filled}{'.' * (self.BAR_WIDTH - filled)}] {done}/{total}")
+        self.stream.flush()
+
+
 def _report_enrollment(report, *, from_photos: bool) -> int:
-    for outcome in report.outcomes:
-        mark = "!" if outcome.unlike_others else "+" if outcome.enrolled else "-"
-        print(f"  {mark} {outcome.source}: {outcome.message}", file=sys.stderr)
     if report.enrolled == 0:
         print(f"doorface: error: nothing enrolled for {report.name!r}: no usable face in the inputs "
               "(one clear, frontal face per photo, at least min face size)", file=sys.stderr)
         return EXIT_SOME_INPUTS_FAILED
     person = report.person
     print(f"enrolled {report.name!r}: {report.enrolled} new face(s), {person.embeddings} in total", file=sys.stderr)
-    if report.unlike_others:
-        print(f"doorface: warning: {len(report.unlike_others)} photo(s) marked '!' look unlike the other photos of "
+    unlike = report.unlike_others
+    for outcome in unlike:
+        print(f"  ! {outcome.source}: {outcome.message}", file=sys.stderr)
+    if len(unlike) >= max(2, report.enrolled / 3):
+        print(f"doorface: warning: these photos look like several different people, not one {report.name!r}: "
+              "enroll each person from their own photos, under their own name (`doorface people remove "
+              f"{report.name!r}` undoes this enrollment)", file=sys.stderr)
+    elif unlike:
+        print(f"doorface: warning: {len(unlike)} photo(s) marked '!' look unlike the other photos of "
               f"{report.name!r}: if one shows someone else, remove {report.name!r} (`doorface people remove`) and "
               "enroll again without it", file=sys.stderr)
     skipped = len(report.outcomes) - report.enrolled
@@ -278,23 +303,22 @@ def _cmd_enroll(args) -> int:
     models = load_models(config, threads=args.threads)
     # The matcher's threshold, so that a photo it would set aside as unlike the person's others is reported.
     threshold = threshold_from_entry(models.manifest.entry(models.embedder.key), config.embedder.threshold)
-    common = {"gate": config.quality, "thumbnails": config.gallery.thumbnails, "threshold": threshold}
+    settings = config.enroll if args.samples is None else replace(config.enroll, samples=args.samples)
+    common = {"gate": config.quality, "settings": settings, "thumbnails": config.gallery.thumbnails,
+              "threshold": threshold, "progress": _EnrollProgress(f"enrolling {args.name}")}
     with open_gallery(config, models.embedder.spec) as gallery:
         if args.photos:
             report = enroll_photos(gallery, args.name, args.photos, models.detector, models.embedder, **common)
         else:
             from edge.sources import open_source
 
-            sampling = config.enroll
-            if args.samples is not None:
-                sampling = replace(sampling, samples=args.samples)
             cam = config.camera
-            seconds = args.seconds if args.seconds is not None else sampling.seconds
+            seconds = args.seconds if args.seconds is not None else settings.seconds
             with open_source(args.video, width=cam.width, height=cam.height,
                              reconnect_max_delay=cam.reconnect_max_delay) as source:
                 frames = ((f"{source.name}#{f.index}", f.image) for f in _limited(source, seconds))
                 report = enroll_frames(gallery, args.name, frames, models.detector, models.embedder,
-                                       sampling=sampling, **common)
+                                       **common)
     return _report_enrollment(report, from_photos=bool(args.photos))
 
 

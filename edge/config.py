@@ -163,11 +163,17 @@ class GalleryConfig:
 
 @dataclass(frozen=True)
 class EnrollConfig:
+    """How `doorface enroll` picks faces: from a video, which frames; from a photo with several faces, which face."""
+
     samples: int = _field(10, "faces `doorface enroll --video` keeps (--samples overrides)", low=1, high=1000)
     min_gap: int = _field(5, "frames between two samples of a video enrollment: consecutive frames are near copies "
                              "of one pose", low=1, high=1000)
     seconds: float = _field(20.0, "longest `doorface enroll --video` capture, in seconds (--seconds overrides)",
                             low=1.0, high=3600.0)
+    dominant_face_ratio: float = _field(2.0, "a photo with several faces is enrolled from its largest face when that "
+                                             "face's side is at least this many times every other's (a false "
+                                             "detection, someone far behind); else it is refused", low=1.1,
+                                        high=100.0)
 
 
 def _check_host(host: str) -> None:

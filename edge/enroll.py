@@ -37,7 +37,7 @@ SEVERAL_FACES = "several_faces"
 UNREADABLE = "unreadable"
 TOO_SMALL, TURNED, TILTED, BLURRED = quality.TOO_SMALL, quality.TURNED, quality.TILTED, quality.BLURRED
 STATUSES = (ENROLLED, NO_FACE, SEVERAL_FACES, UNREADABLE, TOO_SMALL, TURNED, TILTED, BLURRED)
-DEFAULT_GATE, DEFAULT_SAMPLING = QualityConfig(), EnrollConfig()  # the config's defaults, for library callers
+DEFAULT_GATE, DEFAULT_ENROLL = QualityConfig(), EnrollConfig()  # the config's defaults, for library callers
 THUMBNAIL_QUALITY = 85
 THUMBNAIL_MAX_BYTES = 10_000
 
@@ -126,6 +126,18 @@ def thumbnail_jpeg(chip_rgb: np.ndarray, max_bytes: int = THUMBNAIL_MAX_BYTES) -
         bgr = cv2.resize(bgr, (bgr.shape[1] // 2, bgr.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
+def dominant_face(boxes: np.ndarray, ratio: float) -> Optional[int]:
+    """The index of the one face to enroll among ``boxes``: the only one, or the largest when its side is at least
+    ``ratio`` times every other's; None when no face dominates (a group photo: which one is meant is a guess)."""
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
+    if len(sides) == 0:
+        return None
+    order = np.argsort(-sides, kind="stable")
+    if len(sides) > 1 and sides[order[0]] < ratio * sides[order[1]]:
+        return None
+    return int(order[0])
+
+
 def _refusal(reason: str, box: np.ndarray, landmarks: np.ndarray, chip: Optional[np.ndarray],
              gate: QualityConfig) -> str:
     """Why the quality gate refused a face, with the measured value, the config key and what to do."""
@@ -152,6 +164,7 @@ def _examine(
     detector: MtcnnDetector,
     embedder: Embedder,
     gate: QualityConfig,
+    settings: EnrollConfig,
     thumbnails: bool,
 ) -> tuple[PhotoOutcome, Optional[_Sample]]:
     detections = detector(image)
@@ -159,20 +172,22 @@ def _examine(
     if count == 0:
         return PhotoOutcome(source, NO_FACE, 0, "no face found; use a sharp photo with the face frontal and well "
                                                 "lit"), None
-    if count > 1:
-        return PhotoOutcome(source, SEVERAL_FACES, count, f"{count} faces found; crop the photo to the one person "
-                                                          "to enroll"), None
-    box, landmarks = detections.boxes[0], detections.landmarks[0]
+    chosen = dominant_face(detections.boxes, settings.dominant_face_ratio)
+    if chosen is None:
+        return PhotoOutcome(source, SEVERAL_FACES, count, f"{count} faces of similar size found; crop the photo to "
+                                                          "the one person to enroll"), None
+    which = f" (the largest of {count} faces)" if count > 1 else ""
+    box, landmarks = detections.boxes[chosen], detections.landmarks[chosen]
     verdict, chip = quality.geometry_verdict(box, landmarks, gate), None
     if verdict == quality.OK:
         chip = embedder.align(image, landmarks)
         verdict = quality.chip_verdict(chip, gate)
     if verdict != quality.OK:
-        return PhotoOutcome(source, verdict, 1, _refusal(verdict, box, landmarks, chip, gate)), None
+        return PhotoOutcome(source, verdict, count, _refusal(verdict, box, landmarks, chip, gate) + which), None
     side = min(float(box[2] - box[0]), float(box[3] - box[1]))
     vector = embedder.embed_chips(chip[None])[0]
     thumb = thumbnail_jpeg(chip) if thumbnails else None
-    return PhotoOutcome(source, ENROLLED, 1, f"face of {side:.0f} px enrolled"), _Sample(vector, thumb)
+    return PhotoOutcome(source, ENROLLED, count, f"face of {side:.0f} px enrolled{which}"), _Sample(vector, thumb)
 
 
 def _flag_outliers(gallery: Gallery, name: str, enrolled: list[tuple[int, _Sample]], outcomes: list[PhotoOutcome],
@@ -217,6 +232,7 @@ def enroll_photos(
     embedder: Embedder,
     *,
     gate: QualityConfig = DEFAULT_GATE,
+    settings: EnrollConfig = DEFAULT_ENROLL,
     thumbnails: bool = True,
     progress: Optional[Progress] = None,
     threshold: Optional[float] = None,
@@ -224,6 +240,7 @@ def enroll_photos(
     """Enroll ``name`` from photo files and folders of photos; see :class:`EnrollReport`.
 
     ``gate``: the runtime's quality gate (``config.quality``); a face that fails it is refused, saying why.
+    ``settings.dominant_face_ratio``: when a photo holds several faces, the largest is taken only if it dominates.
     ``threshold``: the matcher's distance threshold (:func:`edge.matcher.threshold_from_entry`); when given, a
     photo the matcher will set aside as unlike the person's others says so in its outcome message (it is enrolled
     all the same). Raises (before any photo is read): InvalidNameError for a bad name, GalleryMismatchError if
@@ -244,7 +261,7 @@ def enroll_photos(
             except ImageError as exc:
                 outcome, sample = PhotoOutcome(item, UNREADABLE, 0, str(exc)), None
             else:
-                outcome, sample = _examine(image, item, detector, embedder, gate, thumbnails)
+                outcome, sample = _examine(image, item, detector, embedder, gate, settings, thumbnails)
             logger.debug("%s: %s (%s)", item, outcome.status, outcome.message)
         if sample is not None:
             enrolled.append((len(outcomes), sample))
@@ -262,7 +279,7 @@ def enroll_frames(
     detector: MtcnnDetector,
     embedder: Embedder,
     *,
-    sampling: EnrollConfig = DEFAULT_SAMPLING,
+    settings: EnrollConfig = DEFAULT_ENROLL,
     gate: QualityConfig = DEFAULT_GATE,
     thumbnails: bool = True,
     progress: Optional[Progress] = None,
@@ -270,14 +287,15 @@ def enroll_frames(
 ) -> EnrollReport:
     """Enroll ``name`` from (source label, RGB frame) pairs of a video or camera, e.g. ("video:door.mp4#120", f).
 
-    A frame is sampled when it shows exactly one face that passes ``gate`` and is ``sampling.min_gap`` or more
+    A frame is sampled when it shows one face (or one dominant face, as for photos) that passes ``gate`` and is
+    ``settings.min_gap`` or more
     frames after the previous sample (consecutive frames are near copies and would only weigh one pose more);
-    frames inside the gap are not even examined. Stops reading ``frames`` after ``sampling.samples`` samples, so a
-    camera stream can be passed as is; bound it in time yourself (``sampling.seconds`` is the CLI's bound). Every
-    examined frame gets an outcome. ``progress`` is called with (samples so far, sampling.samples, outcome);
+    frames inside the gap are not even examined. Stops reading ``frames`` after ``settings.samples`` samples, so a
+    camera stream can be passed as is; bound it in time yourself (``settings.seconds`` is the CLI's bound). Every
+    examined frame gets an outcome. ``progress`` is called with (samples so far, settings.samples, outcome);
     ``threshold`` as for :func:`enroll_photos`.
     """
-    max_samples, min_gap = sampling.samples, sampling.min_gap
+    max_samples, min_gap = settings.samples, settings.min_gap
     if max_samples < 1 or min_gap < 1:
         raise ValueError(f"enroll.samples and enroll.min_gap must be >= 1, got {max_samples} and {min_gap}")
     name = validate_name(name)
@@ -294,7 +312,7 @@ def enroll_frames(
         except ImageError as exc:
             outcome, sample = PhotoOutcome(str(label), UNREADABLE, 0, str(exc)), None
         else:
-            outcome, sample = _examine(image, str(label), detector, embedder, gate, thumbnails)
+            outcome, sample = _examine(image, str(label), detector, embedder, gate, settings, thumbnails)
         if sample is not None:
             enrolled.append((len(outcomes), sample))
             sources.append(str(label))

@@ -145,3 +145,22 @@ def test_doctor_camera_check_is_quiet_and_quick_without_a_camera(tmp_path, cli_e
     camera = [line for line in result.stdout.splitlines() if line.startswith("[FAIL] camera")]
     assert camera == ["[FAIL] camera: 0: no /dev/video0: no camera is attached"], result.stdout
     assert "WARN" not in result.stderr and "retrying" not in result.stderr, result.stderr
+
+
+def test_enroll_progress_streams_each_photo_and_draws_a_bar_on_a_terminal():
+    import io
+
+    from edge.cli import _EnrollProgress
+    from edge.enroll import PhotoOutcome
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    progress = _EnrollProgress("enrolling Anna", out)
+    progress(1, 3, PhotoOutcome("a.jpg", "enrolled", 1, "face of 90 px enrolled"))
+    bar = "enrolling Anna [" + "#" * 10 + "." * 20 + "] 1/3"
+    assert out.getvalue() == "\r\x1b[K  + a.jpg: face of 90 px enrolled\n" + bar
+    progress(3, 3, PhotoOutcome("c.jpg", "no_face", 0, "no face found"))
+    assert out.getvalue().endswith("] 1/3\r\x1b[K  - c.jpg: no face found\n")  # the bar gives way; none after the last
