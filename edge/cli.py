@@ -233,7 +233,8 @@ def _cmd_run(args) -> int:
     try:
         with open_source(cam.source, width=cam.width, height=cam.height,
                          reconnect_max_delay=cam.reconnect_max_delay) as source:
-            summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames, on_frame=watcher)
+            summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames, on_frame=watcher,
+                          departure_sinks=[publisher.publish_departure] if publisher is not None else ())
     finally:
         gallery.close()
         if publisher is not None:

@@ -213,8 +213,12 @@ class MqttConfig:
     discovery_prefix: str = _field("homeassistant", "Home Assistant's discovery prefix")
     publish_crops: bool = _field(False, "also publish the face crop of each event (by default no face image "
                                         "leaves the device)")
-    presence_off_delay: float = _field(300.0, "seconds a person's presence sensor stays on after a sighting",
-                                       low=1.0, high=86400.0)
+    stale_after: float = _field(120.0, "seconds after which an event still queued (broker down) is stale: it is "
+                                       "never delivered as a fresh arrival (see stale_events)", low=1.0,
+                                high=604800.0)
+    stale_events: str = _field("mark", "what a stale event becomes: 'mark' sends it on the recognized/unknown "
+                                        "topics with \"stale\": true (not to Home Assistant's event entity, not as "
+                                        "presence), 'drop' discards it", choices=("mark", "drop"))
     queue_path: Optional[str] = _field(None, "on-disk queue of undelivered events (default: "
                                              "$DOORFACE_HOME/outbox.sqlite)")
     queue_max_events: int = _field(10000, "bound of the queue; the oldest events are dropped beyond it",
@@ -284,6 +288,8 @@ def _coerce(value: Any, tp: str, where: str) -> Any:
 # Keys an older doorface read, and what to write instead: an old config gets told, not just refused.
 RETIRED_KEYS = {
     "tracker.max_missed": "use tracker.max_missing, in seconds (0.5 is 5 frames at 10 fps)",
+    "mqtt.presence_off_delay": "doorface now turns a person's presence off itself when their visit ends "
+                               "(tracker.visit_gap seconds after they were last seen)",
 }
 # Keys people write from other tools' configs, and what they mean here.
 KEY_HINTS = {

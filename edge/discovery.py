@@ -6,8 +6,10 @@ Topics (``<prefix>`` defaults to ``doorface``, ``<camera>`` is ``camera.name``):
 - ``<prefix>/<camera>/event``: the same JSON, which carries ``event_type``, for Home Assistant's ``event`` entity.
 - ``<prefix>/<camera>/last_person``: retained ``{name, confidence, timestamp, event_id}`` of the last recognized
   event.
-- ``<prefix>/<camera>/person/<slug>``: retained ``{state: "ON", name, last_seen, confidence}`` on each sighting of
-  that person; Home Assistant's presence sensor turns itself off ``presence_off_delay`` seconds later.
+- ``<prefix>/<camera>/person/<slug>``: retained ``{state: "ON", name, last_seen, confidence, event_id}`` when the
+  person's visit starts (their ``recognized`` event), ``{state: "OFF", name, last_seen}`` when it ends (not seen for
+  ``tracker.visit_gap`` seconds), when doorface stops, and on its next start after a crash; so the retained state
+  Home Assistant reads after a restart of its own is the true one, never a stale arrival.
 - ``<prefix>/<camera>/face``: the JPEG face crop, only with ``mqtt.publish_crops`` (not retained).
 - ``<prefix>/<camera>/availability``: retained ``online`` / ``offline`` (also the last will).
 
@@ -153,6 +155,12 @@ def event_messages(event: Event, topics: Topics, *, slugs: Optional[Mapping[str,
     return messages
 
 
+def presence_off(topics: Topics, slug: str, name: str, last_seen: Optional[str]) -> Message:
+    """The retained OFF state of a person's presence; ``last_seen`` (ISO 8601) is kept for their timestamp sensor."""
+    state = {"state": "OFF", "name": name, "last_seen": last_seen}
+    return Message(topics.person(slug), _json(state), qos=1, retain=True)
+
+
 def node_id(camera: str) -> str:
     return f"doorface_{_check_id(camera, 'camera name')}"
 
@@ -193,21 +201,21 @@ def _entity(topics: Topics, object_id: str, name: Optional[str], *, support_url:
 
 def discovery_messages(camera: str, persons: Iterable[str], *, prefix: str = "doorface",
                        discovery_prefix: str = "homeassistant", publish_crops: bool = False,
-                       presence_off_delay: float = 300.0, support_url: Optional[str] = SUPPORT_URL) -> list[Message]:
+                       support_url: Optional[str] = SUPPORT_URL) -> list[Message]:
     """The retained discovery configs of one camera and its enrolled persons.
 
-    Entities: an ``event`` (event types ``recognized`` / ``unknown``, attributes = the event payload), a ``sensor``
-    with the last recognized person's name, an ``image`` of the last face (only with ``publish_crops``), and one
-    presence ``binary_sensor`` per person that turns off ``presence_off_delay`` seconds after the last sighting.
-    Raises ValueError on an id outside ``[a-zA-Z0-9_-]``.
+    Entities: an ``event`` (device class ``motion``: the camera saw a visitor; event types ``recognized`` /
+    ``unknown``, attributes = the event payload), a ``sensor`` with the last recognized person's name, an ``image``
+    of the last face (only with ``publish_crops``), and per person a presence ``binary_sensor`` (on during their
+    visit) and a ``timestamp`` sensor of when they were last seen. Raises ValueError on an id outside
+    ``[a-zA-Z0-9_-]``.
     """
     topics = Topics(prefix, camera)
-    if presence_off_delay <= 0:
-        raise ValueError(f"presence_off_delay must be positive, got {presence_off_delay}")
     configs: list[tuple[str, str, dict]] = []
 
     event = _entity(topics, "event", "Visitor", support_url=support_url)
-    event.update(state_topic=topics.event, event_types=[RECOGNIZED, UNKNOWN], icon="mdi:face-recognition")
+    event.update(state_topic=topics.event, event_types=[RECOGNIZED, UNKNOWN], device_class="motion",
+                 icon="mdi:face-recognition")
     configs.append(("event", "event", event))
 
     last = _entity(topics, "last_person", "Last person", support_url=support_url)
@@ -220,14 +228,17 @@ def discovery_messages(camera: str, persons: Iterable[str], *, prefix: str = "do
         face.update(image_topic=topics.face, content_type="image/jpeg")
         configs.append(("image", "face", face))
 
-    off_delay = max(1, int(round(presence_off_delay)))
     for name, slug in person_slugs(persons).items():
         object_id = f"person_{slug}"
         presence = _entity(topics, object_id, name, support_url=support_url)
         presence.update(state_topic=topics.person(slug), value_template="{{ value_json.state }}",
-                        payload_on="ON", payload_off="OFF", off_delay=off_delay, device_class="presence",
+                        payload_on="ON", payload_off="OFF", device_class="presence",
                         json_attributes_topic=topics.person(slug))
         configs.append(("binary_sensor", object_id, presence))
+        seen = _entity(topics, f"{object_id}_last_seen", f"{name} last seen", support_url=support_url)
+        seen.update(state_topic=topics.person(slug), device_class="timestamp", icon="mdi:account-clock",
+                    value_template="{{ value_json.last_seen }}")  # null renders "None": unknown
+        configs.append(("sensor", f"{object_id}_last_seen", seen))
 
     return [Message(config_topic(discovery_prefix, component, camera, object_id), _json(config), qos=1, retain=True)
             for component, object_id, config in configs]
@@ -241,6 +252,8 @@ def removal_messages(camera: str, removed_slugs: Iterable[str], *, prefix: str =
     messages = []
     for slug in dict.fromkeys(removed_slugs):
         messages.append(Message(config_topic(discovery_prefix, "binary_sensor", camera, f"person_{slug}"), b"",
+                                qos=1, retain=True))
+        messages.append(Message(config_topic(discovery_prefix, "sensor", camera, f"person_{slug}_last_seen"), b"",
                                 qos=1, retain=True))
         messages.append(Message(topics.person(slug), b"", qos=1, retain=True))
     if not publish_crops:

@@ -1,4 +1,5 @@
-"""What the pipeline tells the outside world: one :class:`Event` per visit.
+"""What the pipeline tells the outside world: one :class:`Event` per visit, and a :class:`Departure` when a
+recognized person's visit ends.
 
 The tracker emits an event once per track: ``recognized`` as soon as its vote for one enrolled person is
 sufficient, or ``unknown`` once a face has been seen for enough frames without matching anyone. The publisher
@@ -76,3 +77,12 @@ class Event:
             "timestamp": iso_utc(self.timestamp),
             "embedder": self.embedder,
         }
+
+
+@dataclass(frozen=True)
+class Departure:
+    """A recognized person's visit ended: not seen for ``tracker.visit_gap`` seconds since ``last_seen``."""
+
+    camera: str
+    name: str
+    last_seen: float

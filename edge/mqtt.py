@@ -6,6 +6,13 @@ and removes each from the queue only when the broker acknowledged it (PUBACK). A
 acknowledged when the connection dropped, or when ``doorface`` stopped or crashed, is sent again later, so a
 consumer may see an event twice but never misses one: de-duplicate on the payload's ``event_id``.
 
+Presence is true state, never a replayed arrival: a person's retained ``ON`` is sent with their event, ``OFF`` when
+their visit ends (:meth:`MqttPublisher.publish_departure`) and for everyone present when doorface stops; every
+(re)connect sends ``OFF`` for the enrolled persons not present, which also clears an ``ON`` left by a crash. An event
+that waited in the queue longer than ``mqtt.stale_after`` (the broker was down) is stale: it never reaches Home
+Assistant's event entity or a presence sensor, and is either sent marked ``"stale": true`` on its
+``recognized``/``unknown`` topic or dropped (``mqtt.stale_events``).
+
 On every (re)connect the publisher sends the retained ``online`` availability (the retained ``offline`` last will
 covers crashes and network loss), the Home Assistant discovery configs (when ``mqtt.discovery`` is on), the
 deletions of configs of persons no longer enrolled, and subscribes to ``<discovery_prefix>/status`` to send the
@@ -44,9 +51,10 @@ from edge.discovery import (
     discovery_messages,
     event_messages,
     person_slugs,
+    presence_off,
     removal_messages,
 )
-from edge.events import Event
+from edge.events import RECOGNIZED, UNKNOWN, Departure, Event, iso_utc
 from edge.outbox import Message, Outbox, OutboxError
 
 log = logging.getLogger(__name__)
@@ -175,6 +183,14 @@ def probe_broker(config: MqttConfig, timeout: float = 5.0) -> None:
         client.loop_stop()
 
 
+def _state_of(message: Message) -> Optional[str]:
+    try:
+        payload = json.loads(message.payload)
+    except ValueError:
+        return None
+    return payload.get("state") if isinstance(payload, dict) else None
+
+
 class MqttPublisher:
     """Publishes events of one camera; see the module docstring for the delivery guarantees.
 
@@ -195,9 +211,13 @@ class MqttPublisher:
         self._window = max(1, int(window))
         self._support_url = support_url
         discovery_messages(camera, self._persons, prefix=config.prefix, discovery_prefix=config.discovery_prefix,
-                           publish_crops=config.publish_crops, presence_off_delay=config.presence_off_delay,
+                           publish_crops=config.publish_crops,
                            support_url=support_url)  # validates ids now rather than on the network thread
         self._meta_key = f"discovery_slugs:{config.discovery_prefix}:{camera}"
+        self._last_seen_key = f"last_seen:{config.prefix}:{camera}"
+        self._kind_topics = {self.topics.kind(RECOGNIZED), self.topics.kind(UNKNOWN)}
+        self._present: dict[str, str] = {}  # name -> last seen (ISO 8601) of the persons whose visit is on
+        self._started_at = time.time()  # presence queued before this (by a process that crashed) is not true now
         self._client: Optional[_Client] = None
         self._sender: Optional[threading.Thread] = None
         self._state = threading.Condition()
@@ -269,6 +289,10 @@ class MqttPublisher:
         if client is None:
             return
         deadline = time.monotonic() + timeout
+        with self._state:
+            present = dict(self._present)
+        for name, last_seen in present.items():  # nobody is seen any more: their visits end with doorface
+            self._depart(name, last_seen)
         if self._connected and self._fatal is None:
             self.flush(timeout)
         with self._state:
@@ -333,7 +357,33 @@ class MqttPublisher:
             self.set_persons([*self._persons, event.name])
         messages = event_messages(event, self.topics, slugs=self._slugs, publish_crops=self.config.publish_crops)
         self.outbox.put(messages)
+        if event.name is not None:
+            seen = iso_utc(event.timestamp)
+            with self._state:
+                self._present[event.name] = seen
+            self._remember_last_seen(event.name, seen)
         self._wake.set()
+
+    def publish_departure(self, departure: Departure) -> None:
+        """Queue the end of a person's visit: their presence turns OFF (retained). Returns at once."""
+        self._depart(departure.name, iso_utc(departure.last_seen))
+
+    def _depart(self, name: str, last_seen: str) -> None:
+        with self._state:
+            self._present.pop(name, None)
+            slug = self._slugs.get(name)
+        if slug is None:  # removed from the gallery meanwhile: its presence topic was deleted
+            return
+        self.outbox.put([presence_off(self.topics, slug, name, last_seen)])
+        self._remember_last_seen(name, last_seen)
+        self._wake.set()
+
+    def _remember_last_seen(self, name: str, last_seen: str) -> None:
+        """Kept on disk, so that the OFF sent at the next start does not blank the person's last-seen sensor."""
+        known = json.loads(self.outbox.get_meta(self._last_seen_key) or "{}")
+        if known.get(name) != last_seen:
+            known[name] = last_seen
+            self.outbox.set_meta(self._last_seen_key, json.dumps(known, sort_keys=True))
 
     def set_persons(self, persons: list[str]) -> None:
         """Change the enrolled persons: their presence entities are (re)announced, removed ones deleted."""
@@ -511,7 +561,6 @@ class MqttPublisher:
             messages += discovery_messages(self.camera, persons, prefix=config.prefix,
                                            discovery_prefix=config.discovery_prefix,
                                            publish_crops=config.publish_crops,
-                                           presence_off_delay=config.presence_off_delay,
                                            support_url=self._support_url)
             messages += removal_messages(self.camera, removed, prefix=config.prefix,
                                          discovery_prefix=config.discovery_prefix,
@@ -519,6 +568,11 @@ class MqttPublisher:
             if removed:
                 log.info("MQTT: removing the Home Assistant entities of %d persons no longer enrolled", len(removed))
             self._announce_slugs = current if set(stored) != set(current) else None
+        with self._state:
+            present = set(self._present)
+        last_seen = json.loads(self.outbox.get_meta(self._last_seen_key) or "{}")
+        messages += [presence_off(self.topics, slug, name, last_seen.get(name))
+                     for name, slug in slugs.items() if name not in present]
         for message in messages:
             mid = self._publish(message)
             if mid is not None:
@@ -530,9 +584,45 @@ class MqttPublisher:
         room = self._window - len(self._in_flight)
         if room <= 0:
             return
-        for outbox_id, message in self.outbox.pending(room, after=self._last_sent):
+        skipped = []
+        for outbox_id, queued in self.outbox.pending(room, after=self._last_sent):
+            message = self._fresh(queued)
+            if message is None:
+                skipped.append(outbox_id)
+                self._last_sent = outbox_id
+                continue
             mid = self._publish(message)
             if mid is None:
-                return
+                break
             self._in_flight[mid] = outbox_id
             self._last_sent = outbox_id
+        if skipped:
+            self.outbox.ack(skipped)
+
+    def _fresh(self, message: Message) -> Optional[Message]:
+        """``message`` as it may go out now: as is, marked stale, or None (not to be sent; see the module doc)."""
+        queued_at = message.queued_at if message.queued_at is not None else time.time()
+        age = time.time() - queued_at
+        stale = age > self.config.stale_after
+        if message.topic.startswith(f"{self.topics.base}/person/") and _state_of(message) == "ON":
+            if stale or queued_at < self._started_at:  # an arrival no longer true (or queued before a crash)
+                log.info("MQTT: not sending the presence ON queued %.0f s ago on %s: no longer true", age,
+                         message.topic)
+                return None
+            return message
+        if not stale:
+            return message
+        if message.topic == self.topics.event:
+            return None  # Home Assistant's event entity would fire it as a fresh arrival
+        if message.topic in self._kind_topics:
+            if self.config.stale_events == "drop":
+                log.warning("MQTT: dropping a stale event queued %.0f s ago (mqtt.stale_after = %g s)", age,
+                            self.config.stale_after)
+                return None
+            payload = json.loads(message.payload)
+            payload["stale"] = True
+            log.warning("MQTT: sending an event queued %.0f s ago marked stale (mqtt.stale_after = %g s)", age,
+                        self.config.stale_after)
+            return Message(message.topic, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode(),
+                           message.qos, message.retain)
+        return message

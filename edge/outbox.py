@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -53,6 +53,8 @@ class Message:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    queued_at: Optional[float] = field(default=None, compare=False)
+    """When it was put in the queue (Unix seconds): set on the messages :meth:`Outbox.pending` reads back."""
 
     def __post_init__(self) -> None:
         if not self.topic or any(c in self.topic for c in "#+\0"):
@@ -189,9 +191,9 @@ class Outbox:
         """Up to ``limit`` queued messages with an id above ``after``, oldest first, as ``(id, message)``."""
         with self._lock:
             rows = self._execute(
-                "SELECT id, topic, payload, qos, retain FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, topic, payload, qos, retain, queued_at FROM messages WHERE id > ? ORDER BY id LIMIT ?",
                 (after, limit)).fetchall()
-        return [(row[0], Message(row[1], bytes(row[2]), row[3], bool(row[4]))) for row in rows]
+        return [(row[0], Message(row[1], bytes(row[2]), row[3], bool(row[4]), row[5])) for row in rows]
 
     def ack(self, ids: Union[int, Iterable[int]]) -> int:
         """Remove delivered messages by id (unknown ids are ignored: dropped or already acked). Returns the count."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge import quality
 from edge.config import Config
-from edge.events import Event
+from edge.events import Departure, Event
 from edge.matcher import Match, Matcher
 from edge.sources import Frame
 from edge.tracker import Decision, Tracker
@@ -43,6 +43,7 @@ class FrameResult:
     detected: bool  # False on frames skipped by tracker.detect_every
     faces: tuple[FaceResult, ...]
     events: tuple[Event, ...]
+    departures: tuple[Departure, ...] = ()
 
 
 def encode_jpeg(rgb: np.ndarray, jpeg_quality: int = CROP_JPEG_QUALITY) -> bytes:
@@ -122,11 +123,16 @@ class Recognizer:
             FaceResult(tuple(float(v) for v in box), float(score), final_ids[i], verdicts[i], matches[i])
             for i, (box, score) in enumerate(zip(detections.boxes, detections.scores))
         )
-        return FrameResult(frame.index, frame.timestamp, True, faces, events)
+        departures = tuple(Departure(self.camera, name, seen) for name, seen in update.departed)
+        return FrameResult(frame.index, frame.timestamp, True, faces, events, departures)
 
     def finish(self) -> tuple[Event, ...]:
         """The source ended: decide the tracks still open."""
         return tuple(self._event(d) for d in self.tracker.finish())
+
+    def end_visits(self) -> tuple[Departure, ...]:
+        """The run is over: the visits still on end (each recognized person's presence turns off)."""
+        return tuple(Departure(self.camera, name, seen) for name, seen in self.tracker.end_visits())
 
     def _event(self, decision: Decision) -> Event:
         chip = self._chips.pop(decision.track_id, None)

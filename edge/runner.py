@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional
 from edge.config import Config
 from edge.detector import MtcnnDetector
 from edge.embedder import Embedder, EmbedderSpec
-from edge.events import Event
+from edge.events import Departure, Event
 from edge.gallery import Gallery
 from edge.interpreter import resolve_device
 from edge.manifest import Manifest
@@ -122,6 +122,7 @@ def run(
     recognizer: Recognizer,
     sinks: Iterable[Callable[[Event], None]],
     *,
+    departure_sinks: Iterable[Callable[[Departure], None]] = (),
     stop: Optional[threading.Event] = None,
     max_frames: Optional[int] = None,
     on_frame: Optional[Callable[[FrameResult], None]] = None,
@@ -129,9 +130,10 @@ def run(
     """Process frames until the source ends, ``stop`` is set or ``max_frames`` were read; every event to every sink.
 
     When the source ends (a file), the open tracks are decided too, so a visit at the very end still gives its
-    event. A sink that raises stops the run: losing events silently is worse than stopping.
+    event. Each ended visit of a recognized person goes to every ``departure_sinks`` callable (presence off). A sink
+    that raises stops the run: losing events silently is worse than stopping.
     """
-    sinks = list(sinks)
+    sinks, departure_sinks = list(sinks), list(departure_sinks)
     stop = stop or threading.Event()
     frames = events = 0
     start = time.perf_counter()
@@ -142,6 +144,9 @@ def run(
             for sink in sinks:
                 sink(event)
             events += 1
+        for departure in result.departures:
+            for sink in departure_sinks:
+                sink(departure)
         if on_frame is not None:
             on_frame(result)
         if max_frames is not None and frames >= max_frames:
@@ -153,4 +158,7 @@ def run(
             for sink in sinks:
                 sink(event)
             events += 1
+    for departure in recognizer.end_visits():
+        for sink in departure_sinks:
+            sink(departure)
     return RunSummary(frames, events, time.perf_counter() - start, stopped)

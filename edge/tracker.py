@@ -31,6 +31,8 @@ recent visitor's (an unknown one, or a household member who came back without be
 stricter than the matcher's threshold (``same_visitor_probability`` on the embedder's calibration): it is searched
 against every recent visitor, and taking a new stranger for the last one would swallow their event, while the
 same person's frames minutes apart lie far closer than that. Anyone else is a new visit, however soon they come.
+A recognized person's visit ends when they have not been seen for ``visit_gap`` seconds: the update of that frame
+names them in ``departed`` (their presence turns off; a new sighting is a new visit and a new event).
 
 The tracker is pure bookkeeping over boxes, embeddings and matches; it never sees an image.
 """
@@ -66,10 +68,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class TrackUpdate:
-    """The result of one detection frame: each face's track id, and the decisions taken on this frame."""
+    """The result of one detection frame: each face's track id, the decisions taken on this frame, and the visits of
+    recognized persons that ended on it (``(name, last seen)``: not seen for ``visit_gap`` seconds)."""
 
     track_ids: tuple[int, ...]
     decisions: tuple[Decision, ...]
+    departed: tuple[tuple[str, float], ...] = ()
 
 
 def _unit(vector: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -195,7 +199,7 @@ class Tracker:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if not (len(boxes) == len(assigned) == len(embeddings) == len(matches)):
             raise ValueError("boxes, assigned, embeddings and matches must have one entry per face")
-        self._forget(timestamp)
+        departed = self._forget(timestamp)
         assigned = list(assigned)
         self._reidentify(assigned, embeddings)
         decisions: list[Decision] = []
@@ -226,7 +230,7 @@ class Tracker:
             track.missed += 1
             if timestamp - track.last_seen > self.config.max_missing:
                 decisions.extend(self._end(track))
-        return TrackUpdate(tuple(ids), tuple(decisions))
+        return TrackUpdate(tuple(ids), tuple(decisions), departed)
 
     def finish(self) -> list[Decision]:
         """End every track (the source ended): decide the undecided ones on what they saw."""
@@ -237,6 +241,13 @@ class Tracker:
         self._lost.clear()
         return decisions
 
+    def end_visits(self) -> tuple[tuple[str, float], ...]:
+        """Nobody is watched any more (the source ended or the run stopped): every recognized visit ends, as
+        ``(name, last seen)``."""
+        ended = tuple((v.name, v.last_seen) for v in self._visitors if v.kind == RECOGNIZED)
+        self._visitors = [v for v in self._visitors if v.kind != RECOGNIZED]
+        return ended
+
     def _new_track(self, box: np.ndarray, timestamp: float) -> _Track:
         track = _Track(id=self._next_id, box=box.copy(), last_seen=timestamp)
         self._tracks[track.id] = track
@@ -244,13 +255,16 @@ class Tracker:
         self.stats["tracks"] += 1
         return track
 
-    def _forget(self, timestamp: float) -> None:
-        """Drop visitors and lost tracks not seen for longer than the visit gap."""
+    def _forget(self, timestamp: float) -> tuple[tuple[str, float], ...]:
+        """Drop visitors and lost tracks not seen for longer than the visit gap; the recognized visits that ended."""
         gap = self.config.visit_gap
-        self._visitors = [v for v in self._visitors if timestamp - v.last_seen <= gap]
+        live = {id(t.visitor) for t in self._tracks.values() if t.visitor is not None}
+        ended = [v for v in self._visitors if timestamp - v.last_seen > gap and id(v) not in live]
+        self._visitors = [v for v in self._visitors if not any(v is e for e in ended)]
         kept = [t for t in self._lost if timestamp - t.last_seen <= gap]
         self.stats["undecided"] += len(self._lost) - len(kept)
         self._lost = kept
+        return tuple((v.name, v.last_seen) for v in ended if v.kind == RECOGNIZED)
 
     def _reidentify(self, assigned: list[Optional[int]], embeddings: Sequence[Optional[np.ndarray]]) -> None:
         """Attach unassigned embedded faces to the unassigned live tracks whose mean embedding is within

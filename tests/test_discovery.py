@@ -23,7 +23,7 @@ PERSONS = ["Anna", "Zoë Müller", "Ben"]
 
 
 def configs(persons=PERSONS, **kwargs) -> dict[str, dict]:
-    options = dict(prefix="doorface", discovery_prefix="homeassistant", publish_crops=False, presence_off_delay=300)
+    options = dict(prefix="doorface", discovery_prefix="homeassistant", publish_crops=False)
     options.update(kwargs)
     messages = discovery_messages("door", persons, **options)
     assert all(m.retain and m.qos == 1 for m in messages)
@@ -34,7 +34,7 @@ def test_configs_have_valid_ids_origin_device_and_unique_ids():
     found = configs()
     assert all(CONFIG_TOPIC.match(topic) for topic in found), sorted(found)
     unique_ids = [c["unique_id"] for c in found.values()]
-    assert len(unique_ids) == len(set(unique_ids)) == 2 + len(PERSONS)
+    assert len(unique_ids) == len(set(unique_ids)) == 2 + 2 * len(PERSONS)  # presence + last seen per person
     for config in found.values():
         assert config["origin"]["name"] == "doorface" and config["origin"]["sw_version"] == __version__
         assert config["device"]["identifiers"] == ["doorface_door"]
@@ -43,6 +43,7 @@ def test_configs_have_valid_ids_origin_device_and_unique_ids():
         assert re.match(r"^[a-zA-Z0-9_-]+$", config["unique_id"])
     event = found["homeassistant/event/doorface_door/event/config"]
     assert event["event_types"] == ["recognized", "unknown"] and event["state_topic"] == "doorface/door/event"
+    assert event["device_class"] == "motion"
     last = found["homeassistant/sensor/doorface_door/last_person/config"]
     assert last["state_topic"] == last["json_attributes_topic"] == "doorface/door/last_person"
     assert last["value_template"] == "{{ value_json.name }}"
@@ -50,15 +51,19 @@ def test_configs_have_valid_ids_origin_device_and_unique_ids():
     assert zoe["name"] == "Zoë Müller" and zoe["device_class"] == "presence"
     assert zoe["state_topic"] == zoe["json_attributes_topic"] == "doorface/door/person/zoe_muller"
     assert zoe["value_template"] == "{{ value_json.state }}" and zoe["payload_on"] == "ON"
-    assert zoe["off_delay"] == 300 and isinstance(zoe["off_delay"], int)
+    assert "off_delay" not in zoe  # doorface sends OFF itself when the visit ends
+    seen = found["homeassistant/sensor/doorface_door/person_zoe_muller_last_seen/config"]
+    assert seen["name"] == "Zoë Müller last seen" and seen["device_class"] == "timestamp"
+    assert seen["state_topic"] == "doorface/door/person/zoe_muller" and seen["value_template"] == (
+        "{{ value_json.last_seen }}")
 
 
 def test_image_entity_only_with_crops_and_custom_prefixes():
     assert not any("/image/" in topic for topic in configs())
-    found = configs(publish_crops=True, prefix="home/doorface", discovery_prefix="ha", presence_off_delay=59.6)
+    found = configs(publish_crops=True, prefix="home/doorface", discovery_prefix="ha")
     image = found["ha/image/doorface_door/face/config"]
     assert image["image_topic"] == "home/doorface/door/face" and image["content_type"] == "image/jpeg"
-    assert found["ha/binary_sensor/doorface_door/person_anna/config"]["off_delay"] == 60
+    assert found["ha/binary_sensor/doorface_door/person_anna/config"]["state_topic"] == "home/doorface/door/person/anna"
 
 
 def test_support_url_is_optional_and_validated():
@@ -83,6 +88,7 @@ def test_removal_messages_delete_configs_and_retained_state():
     messages = removal_messages("door", ["bob", "bob"], publish_crops=False)
     assert [(m.topic, m.payload, m.retain) for m in messages] == [
         ("homeassistant/binary_sensor/doorface_door/person_bob/config", b"", True),
+        ("homeassistant/sensor/doorface_door/person_bob_last_seen/config", b"", True),
         ("doorface/door/person/bob", b"", True),
         ("homeassistant/image/doorface_door/face/config", b"", True),
     ]

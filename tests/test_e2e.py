@@ -32,6 +32,11 @@ def test_door_video_gives_one_event_per_visitor_over_mqtt(tmp_path, door_video, 
         discovery = {topic: [json.loads(p) for p in payloads if p]
                      for topic in list(sub.messages) if topic.startswith("homeassistant/")
                      for payloads in [sub.payloads(topic)]}
+        presence = {topic: [json.loads(p)["state"] for p in sub.payloads(topic)]
+                    for topic in list(sub.messages) if topic.startswith("doorface/front_door/person/")}
+        with Subscriber(broker, ("doorface/#",)) as late:  # Home Assistant restarting after the run
+            late.wait_for("doorface/front_door/availability")
+            retained = {topic: json.loads(late.retained(topic)[-1]) for topic in presence if late.retained(topic)}
 
     # Exactly one event per visitor, with the right names, in order.
     assert [e["name"] for e in recognized] == [PERSON_A, PERSON_B]
@@ -49,7 +54,7 @@ def test_door_video_gives_one_event_per_visitor_over_mqtt(tmp_path, door_video, 
     # Valid Home Assistant discovery: ids, device, origin, availability; the entities the README lists.
     configs = {topic: payloads[-1] for topic, payloads in discovery.items() if payloads}
     components = sorted(topic.split("/")[1] for topic in configs)
-    assert components == ["binary_sensor", "binary_sensor", "event", "sensor"]
+    assert components == ["binary_sensor", "binary_sensor", "event", "sensor", "sensor", "sensor"]
     unique_ids = [c["unique_id"] for c in configs.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     for topic, payload in configs.items():
@@ -61,8 +66,22 @@ def test_door_video_gives_one_event_per_visitor_over_mqtt(tmp_path, door_video, 
         assert any("availability" in k for k in payload)
     event_config = next(c for t, c in configs.items() if t.startswith("homeassistant/event/"))
     assert sorted(event_config["event_types"]) == ["recognized", "unknown"]
-    presence = [c for t, c in configs.items() if t.startswith("homeassistant/binary_sensor/")]
-    assert all(c["device_class"] == "presence" and c["off_delay"] > 0 for c in presence)
+    assert event_config["device_class"] == "motion"
+    sensors = [c for t, c in configs.items() if t.startswith("homeassistant/binary_sensor/")]
+    assert sorted(c["name"] for c in sensors) == sorted([PERSON_A, PERSON_B])
+    assert all(c["device_class"] == "presence" and "off_delay" not in c for c in sensors)
+    last_seen = [c for t, c in configs.items() if t.endswith("_last_seen/config")]
+    assert sorted(c["name"] for c in last_seen) == sorted(f"{p} last seen" for p in (PERSON_A, PERSON_B))
+    assert all(c["device_class"] == "timestamp" for c in last_seen)
+
+    # Presence: ON with each person's event, OFF once doorface stopped; what a restarted Home Assistant reads is
+    # the truth (nobody at the door, and when each was last seen), never a replayed arrival.
+    assert sorted(presence) == sorted(f"doorface/front_door/person/{s}" for s in ("serena_williams", "tony_blair"))
+    assert all(states[-1] == "OFF" and "ON" in states for states in presence.values()), presence
+    assert {topic: state["state"] for topic, state in retained.items()} == {topic: "OFF" for topic in presence}
+    seen = {state["name"]: state["last_seen"] for state in retained.values()}
+    by_name = {e["name"]: e["timestamp"] for e in recognized}
+    assert all(seen[name] >= by_name[name] for name in by_name)  # seen at or after the event
 
 
 def test_doorface_run_with_a_wrong_password_says_so(tmp_path, door_video, cli_env):

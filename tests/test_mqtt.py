@@ -17,7 +17,7 @@ import pytest
 from mqtt_broker import MOSQUITTO, SKIP_REASON, Broker, Subscriber, free_port
 
 from edge.config import ConfigError, MqttConfig
-from edge.events import Event
+from edge.events import Departure, Event, iso_utc
 from edge.mqtt import MqttAuthError, MqttError, MqttPublisher
 from edge.outbox import Outbox
 
@@ -91,10 +91,53 @@ def test_events_arrive_with_retained_state_and_availability(broker, tmp_path):
         last = json.loads(late.wait_for("doorface/door/last_person")[0])
         assert last == {"name": "Anna", "confidence": 0.93, "timestamp": anna.to_payload()["timestamp"],
                         "event_id": anna.event_id}
-        person = json.loads(late.wait_for("doorface/door/person/anna")[0])
-        assert person["state"] == "ON" and person["name"] == "Anna"
+        # Nobody is at the door once doorface stopped: presence is OFF, and when each was last seen is kept.
+        assert [json.loads(p) for p in late.wait_for("doorface/door/person/anna")] == [
+            {"state": "OFF", "name": "Anna", "last_seen": anna.to_payload()["timestamp"]}]
+        assert [json.loads(p) for p in late.wait_for("doorface/door/person/ben")] == [
+            {"state": "OFF", "name": "Ben", "last_seen": None}]
         assert late.wait_for("homeassistant/image/doorface_door/face/config")
         assert not late.payloads("doorface/door/recognized")  # events are not retained
+
+
+def test_presence_is_on_during_the_visit_and_off_when_it_ends(broker, tmp_path):
+    config = config_for(broker)
+    anna = recognized("Anna")
+    with Outbox.open(tmp_path / "outbox.sqlite", 100) as outbox, publisher(config, outbox) as pub:
+        assert pub.wait_connected(5)
+        pub.publish_event(anna)
+        assert pub.flush(5)
+        with Subscriber(broker) as during:  # Home Assistant restarting mid-visit: she is there
+            assert json.loads(during.wait_for("doorface/door/person/anna")[0])["state"] == "ON"
+        pub.publish_departure(Departure("door", "Anna", anna.timestamp + 2.0))
+        assert pub.flush(5)
+        with Subscriber(broker) as after:  # and after her visit: she is not, and nothing replays her arrival
+            assert [json.loads(p) for p in after.wait_for("doorface/door/person/anna")] == [
+                {"state": "OFF", "name": "Anna", "last_seen": iso_utc(anna.timestamp + 2.0)}]
+            assert not after.payloads("doorface/door/event")
+
+
+@pytest.mark.parametrize("mode", ["mark", "drop"])
+def test_an_event_that_waited_out_a_broker_outage_is_never_a_fresh_arrival(tmp_path, mode):
+    broker = Broker(tmp_path / "broker", free_port())  # down while the visit happens
+    config = config_for(broker, stale_after=1.0, stale_events=mode)
+    anna = recognized("Anna")
+    with Outbox.open(tmp_path / "outbox.sqlite", 100) as outbox:
+        pub = publisher(config, outbox).start()
+        pub.publish_event(anna)
+        time.sleep(1.5)  # longer than stale_after
+        with broker, Subscriber(broker) as sub:
+            assert pub.wait_connected(5) and pub.flush(5)
+            pub.stop()
+            sub.wait_until(AVAILABILITY, last_is(b"offline"))
+            assert sub.payloads("doorface/door/event") == []  # Home Assistant's event entity never fires it
+            assert all(json.loads(p)["state"] == "OFF" for p in sub.payloads("doorface/door/person/anna"))
+            late = [json.loads(p) for p in sub.payloads("doorface/door/recognized")]
+        assert len(outbox) == 0  # handled, not left queued
+    if mode == "mark":
+        assert late == [{**anna.to_payload(), "stale": True}]
+    else:
+        assert late == []
 
 
 def test_discovery_is_retained_republished_for_home_assistant_and_cleaned_up(broker, tmp_path):
@@ -209,18 +252,20 @@ def test_events_queued_while_the_broker_is_down_survive_a_doorface_restart(tmp_p
         for event in events:
             first.publish_event(event)
         first.stop(timeout=1)
-        assert len(outbox) == 4 + 2 + 4
+        assert len(outbox) == 4 + 2 + 4 + 2  # the three events, then Anna's and Ben's presence OFF at the stop
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings  # one warning however many retries
     assert f"broker 127.0.0.1:{broker.port} unreachable" in warnings[0] and str(path) in warnings[0]
 
     with broker, Subscriber(broker) as sub, Outbox.open(path, 100) as outbox:
-        assert len(outbox) == 10
+        assert len(outbox) == 12
         with publisher(config, outbox) as second:
             assert second.wait_connected(5)
             assert second.flush(5)
         assert event_ids(sub.wait_for("doorface/door/event", 3)) == [e.event_id for e in events]
         assert len(sub.wait_for("doorface/door/recognized", 2)) == 2
+        # Presence queued by the first process is not sent as an arrival by the second: its visits are over.
+        assert all(json.loads(p)["state"] == "OFF" for p in sub.payloads("doorface/door/person/anna"))
 
 
 def test_tls_and_password_login(tls_broker, tmp_path, monkeypatch):

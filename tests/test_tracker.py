@@ -290,3 +290,24 @@ def test_two_strangers_alike_within_the_match_threshold_are_still_two_visits():
     for t in range(20, 26):  # the lost-track pool is empty: the first one was decided
         decisions += step(tracker, float(t), [DOOR], [second], [rejected()]).decisions
     assert [d.kind for d in decisions] == [UNKNOWN, UNKNOWN] and tracker.stats["same_visit"] == 0
+
+
+def test_a_visit_ends_visit_gap_after_the_last_sighting_and_says_who_left():
+    tracker = Tracker(CONFIG, reid_distance=0.08)
+    box = [100, 100, 180, 190]
+    for t in range(5):
+        assert step(tracker, float(t), [box], [unit(1)], [accepted("Ann")]).departed == ()
+    stranger = [step(tracker, float(t), [[300, 100, 380, 190]], [unit(2)], [rejected()]) for t in range(5, 15)]
+    assert all(u.departed == () for u in stranger)  # strangers have no presence to end
+    empty = {t: step(tracker, float(t), [], [], []).departed for t in range(15, 40)}
+    assert [t for t, gone in empty.items() if gone] == [35]  # first frame more than 30 s after 4.0
+    assert empty[35] == (("Ann", 4.0),)
+    assert tracker.end_visits() == ()  # already over
+
+
+def test_the_visits_still_on_end_with_the_run():
+    tracker = Tracker(CONFIG, reid_distance=0.08)
+    for t in range(4):
+        step(tracker, float(t), [[100, 100, 180, 190]], [unit(1)], [accepted("Ann")])
+    assert tracker.end_visits() == (("Ann", 3.0),)
+    assert tracker.end_visits() == ()
