@@ -80,12 +80,20 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
 fi
 
 VENV_ARGS=()
+PI_OS=0
 if is_raspberry_pi_os; then
-    log "Raspberry Pi OS detected: using apt's picamera2 through --system-site-packages"
-    apt_install python3-picamera2 python3-venv
+    PI_OS=1
+    # picamera2 comes from apt and is built against apt's numpy; OpenCV from apt too, so that pip never pulls a
+    # numpy >= 2 wheel over it ("numpy.dtype size changed" at the first frame).
+    log "Raspberry Pi OS detected: using apt's picamera2, numpy and OpenCV through --system-site-packages"
+    apt_install python3-picamera2 python3-numpy python3-opencv python3-venv
     VENV_ARGS+=(--system-site-packages)
 fi
 
+if [ -x .venv/bin/python ] && [ "$PI_OS" -eq 1 ] && ! grep -qiE '^include-system-site-packages *= *true' .venv/pyvenv.cfg; then
+    log ".venv was made without --system-site-packages (apt's picamera2 would not be found): recreating it"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     python3 -m venv "${VENV_ARGS[@]+"${VENV_ARGS[@]}"}" .venv
@@ -96,13 +104,51 @@ fi
 PY=.venv/bin/python
 "$PY" -m pip install --quiet --upgrade pip
 
+EXTRA=""
 if [ "$DEV" -eq 1 ]; then
     apt_install mosquitto
-    log "pip install -e .[dev]"
-    "$PY" -m pip install --quiet -e ".[dev]"
+    EXTRA="[dev]"
+fi
+
+if [ "$PI_OS" -eq 1 ]; then
+    # Keep apt's numpy: every pip install below is constrained to it, and OpenCV is apt's (no wheel on top).
+    NUMPY_VERSION=$("$PY" -c 'import numpy; print(numpy.__version__)')
+    CONSTRAINTS=.venv/doorface-constraints.txt
+    printf 'numpy==%s\n' "$NUMPY_VERSION" > "$CONSTRAINTS"
+    log "pip install -e .$EXTRA with apt's numpy $NUMPY_VERSION and OpenCV"
+    "$PY" -m pip install --quiet --no-deps -e ".$EXTRA"
+    "$PY" -m pip install --quiet -c "$CONSTRAINTS" "pyyaml>=6.0" "paho-mqtt>=2.0"
+    if [ "$DEV" -eq 1 ]; then
+        "$PY" -m pip install --quiet -c "$CONSTRAINTS" "pytest>=7.4" "ruff>=0.5"
+    fi
+    # The interpreter that works with this numpy: ai-edge-litert where its wheel accepts it, else tflite-runtime
+    # (which needs numpy < 2, as Bookworm's is).
+    if "$PY" -m pip install --quiet -c "$CONSTRAINTS" "ai-edge-litert>=1.2"; then
+        log "interpreter: ai-edge-litert"
+    elif "$PY" -m pip install --quiet -c "$CONSTRAINTS" tflite-runtime; then
+        log "interpreter: tflite-runtime (ai-edge-litert has no wheel for numpy $NUMPY_VERSION here)"
+    else
+        echo "install.sh: no TFLite interpreter wheel works with numpy $NUMPY_VERSION on this system;" >&2
+        echo "  try: $PY -m pip install ai-edge-litert   (or tflite-runtime with numpy<2)" >&2
+        exit 1
+    fi
 else
-    log "pip install -e ."
-    "$PY" -m pip install --quiet -e .
+    log "pip install -e .$EXTRA"
+    "$PY" -m pip install --quiet -e ".$EXTRA"
+fi
+
+# One real inference per model: an interpreter built for another numpy fails here, not at the first visitor.
+log "checking that every model runs (doorface doctor)"
+CHECKS=$(.venv/bin/doorface doctor --no-camera 2>&1 || true)  # no gallery or broker yet is fine here
+if ! printf '%s\n' "$CHECKS" | grep -E '^\[(ok|FAIL)\] (interpreter|model|inference)'; then
+    printf '%s\n' "$CHECKS" >&2
+    echo "install.sh: doorface doctor could not run; see the lines above" >&2
+    exit 1
+fi
+if printf '%s\n' "$CHECKS" | grep -qE '^\[FAIL\] (interpreter|model|inference)'; then
+    printf '%s\n' "$CHECKS" | grep -A1 -E '^\[FAIL\]' >&2
+    echo "install.sh: the models do not run on this install; the [FAIL] lines above say what to fix" >&2
+    exit 1
 fi
 
 echo
