@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     detect = sub.add_parser("detect", parents=[common], help="find faces and their 5 landmarks in images")
-    detect.add_argument("images", nargs="+", metavar="IMAGE")
+    detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files to find faces in")
     detect.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     detect.add_argument("--draw", metavar="OUT_DIR", help="write each image with boxes and landmarks drawn")
     detect.add_argument("--min-face-size", type=float, help="override the config's smallest face side (pixels)")
@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", parents=[common],
                              help="embed every face of the images and print their distance matrix")
-    compare.add_argument("images", nargs="+", metavar="IMAGE")
+    compare.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files; every face found in them is compared with every other")
     compare.add_argument("--model", help="embedder manifest key (default: the config's embedder.model)")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
     compare.set_defaults(func=_cmd_compare, min_face_size=None)
@@ -467,14 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", parents=[common, gallery_opt],
                             help="add a person from photos/folders, or from a short capture of a camera or video")
     enroll.add_argument("name", help="the person's display name")
-    enroll.add_argument("photos", nargs="*", metavar="PHOTO_OR_FOLDER")
+    enroll.add_argument("photos", nargs="*", metavar="PHOTO_OR_FOLDER",
+                        help="photos of the person, or folders of them (one face per photo, or one dominant face)")
     enroll.add_argument("--video", metavar="SOURCE", help="capture from a camera/URL/video file instead of photos")
     enroll.add_argument("--samples", type=int, help="faces to keep from --video (default: enroll.samples, 10)")
     enroll.add_argument("--seconds", type=float, help="longest --video capture (default: enroll.seconds, 20 s)")
     enroll.set_defaults(func=_cmd_enroll)
 
     people = sub.add_parser("people", parents=[common, gallery_opt], help="list, rename or remove enrolled people")
-    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove", "thumbnails"))
+    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove", "thumbnails"),
+                        help="what to do (default: list)")
     people.add_argument("names", nargs="*", metavar="NAME",
                         help="rename: OLD NEW; remove: NAME; thumbnails: NAME OUT_DIR (the enrolled faces as JPEG)")
     people.add_argument("--json", action="store_true", help="list as JSON")

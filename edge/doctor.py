@@ -77,7 +77,8 @@ def check_device(config: Config) -> Check:
         return Check("accelerator", False, f"{wanted} requested but not usable; the CPU will be used",
                      "install the Coral runtime (`apt install libedgetpu1-std`) and plug the accelerator in")
 
-    return _guard("accelerator", "", body)
+    return _guard("accelerator", "set detector.device to a form `doorface doctor` accepts: cpu, edgetpu, "
+                                 "edgetpu:usb, edgetpu:usb:N or edgetpu:pci", body)
 
 
 def _absent_camera_device(spec: str) -> Optional[str]:
@@ -133,7 +134,9 @@ def check_camera(config: Config, source: Optional[str] = None, timeout: float = 
                     break
         return Check("camera", False, f"{spec}: no frame within {timeout:.0f} s", fix)
 
-    return _guard("camera", "check camera.source in your config", body)
+    return _guard("camera", "check camera.source: picamera2[:N], a device index (ls /dev/video*), an rtsp:// or "
+                            "http(s):// URL, a video file or a folder of images; try another with `doorface doctor "
+                            "--source ...`", body)
 
 
 def check_gallery(config: Config) -> Check:

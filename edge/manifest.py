@@ -6,7 +6,8 @@ Schema (``{"models": {key: entry}}``), the fields the runtime reads::
     sha256      hex digest of that file; checked at every load
     task        "face_detection_stage" (MTCNN nets) or "face_embedding"
     input       {"shape": [1, h, w, 3] (-1 = any), "dtype": "int8", "channels": "RGB",
-                 "mean": 127.5, "std": 128.0, "quantization": {"scale": s, "zero_point": z}}
+                 "mean": 127.5, "std": 128.0, "scale": s, "zero_point": z}  (scale, zero_point: the int8
+                input's quantization)
 
 The converter writes more (provenance, licence, calibration set, agreement, size); see the model cards.
 """
