@@ -20,7 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from bench.bench_mtcnn import _graph_interpreter, count_macs, machine_info
+from bench.bench_mtcnn import _graph_interpreter, count_macs
+from bench.machine import machine_info
 from converters import manifest_io
 from converters.datasets import load_train_faces
 from edge.embedder import Embedder

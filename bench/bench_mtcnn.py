@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 
+from bench.machine import machine_info
 from converters import datasets
 from edge import interpreter as tfl
 from edge.detector import MtcnnDetector
@@ -290,29 +290,6 @@ def floors(macs: dict, config: dict, gmacs_per_core: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-
-
-def machine_info() -> dict:
-    model_name = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    be = tfl.backend()
-    backend_module = sys.modules.get(be.name)
-    return {
-        "processor": platform.processor(),
-        "cpu_model": model_name,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "backend": be.name,
-        "backend_version": getattr(backend_module, "__version__", None),
-    }
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:

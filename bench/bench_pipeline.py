@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.machine import machine_info
+
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_DIR = Path(os.environ.get("DOORFACE_SHARED", ROOT.parent / "shared")) / "data" / "video"
 VIDEOS = ("facenet_pytorch_video.mp4", "short_hamilton_clip.mp4")
@@ -262,7 +264,8 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 rows.append(best)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline.json").write_text(json.dumps({"targets": TARGETS, "runs": rows}, indent=2) + "\n")
+    report = {"machine": machine_info(), "targets": TARGETS, "runs": rows}
+    (args.out / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(rows)
     (args.out / "pipeline.md").write_text(table)
     print(table)
