@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Install doorface into ./.venv. Idempotent and non-interactive; safe to run again.
 #
-# Usage: ./install.sh [--dev] [--help]
-#   --dev   also install the converters (TensorFlow), test tools and mosquitto (MQTT broker for tests)
+# Usage: ./install.sh [--dev] [--pi-os] [--help]
+#   --dev     also install the converters (TensorFlow), test tools and mosquitto (MQTT broker for tests)
+#   --pi-os   take the Raspberry Pi OS path (apt's numpy, OpenCV and picamera2) on another Debian, e.g. to test it
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
 usage() {
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 DEV=0
+FORCE_PI_OS=0
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --pi-os) FORCE_PI_OS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -71,22 +74,34 @@ apt_install() {
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# Python 3 and its venv module.
-if ! command -v python3 >/dev/null 2>&1; then
+PI_OS=0
+if [ "$FORCE_PI_OS" -eq 1 ] || is_raspberry_pi_os; then
+    PI_OS=1
+fi
+
+# Python 3 and its venv module. On Raspberry Pi OS it must be the system's: apt's packages are built for it.
+PYTHON=python3
+if [ "$PI_OS" -eq 1 ]; then
+    PYTHON=/usr/bin/python3
+fi
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
     apt_install python3
 fi
-if ! python3 -m venv --help >/dev/null 2>&1; then
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
     apt_install python3-venv
 fi
 
 VENV_ARGS=()
-PI_OS=0
-if is_raspberry_pi_os; then
-    PI_OS=1
+if [ "$PI_OS" -eq 1 ]; then
     # picamera2 comes from apt and is built against apt's numpy; OpenCV from apt too, so that pip never pulls a
     # numpy >= 2 wheel over it ("numpy.dtype size changed" at the first frame).
-    log "Raspberry Pi OS detected: using apt's picamera2, numpy and OpenCV through --system-site-packages"
-    apt_install python3-picamera2 python3-numpy python3-opencv python3-venv
+    log "Raspberry Pi OS: using apt's numpy, OpenCV and picamera2 through --system-site-packages"
+    apt_install python3-numpy python3-opencv python3-venv
+    if apt-cache show python3-picamera2 >/dev/null 2>&1; then
+        apt_install python3-picamera2
+    else
+        log "python3-picamera2 is not in this system's apt sources (not Raspberry Pi OS?): no Pi camera source"
+    fi
     VENV_ARGS+=(--system-site-packages)
 fi
 
@@ -96,7 +111,7 @@ if [ -x .venv/bin/python ] && [ "$PI_OS" -eq 1 ] && ! grep -qiE '^include-system
 fi
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
-    python3 -m venv "${VENV_ARGS[@]+"${VENV_ARGS[@]}"}" .venv
+    "$PYTHON" -m venv "${VENV_ARGS[@]+"${VENV_ARGS[@]}"}" .venv
 else
     log ".venv exists; reusing it"
 fi
@@ -116,16 +131,18 @@ if [ "$PI_OS" -eq 1 ]; then
     CONSTRAINTS=.venv/doorface-constraints.txt
     printf 'numpy==%s\n' "$NUMPY_VERSION" > "$CONSTRAINTS"
     log "pip install -e .$EXTRA with apt's numpy $NUMPY_VERSION and OpenCV"
-    "$PY" -m pip install --quiet --no-deps -e ".$EXTRA"
-    "$PY" -m pip install --quiet -c "$CONSTRAINTS" "pyyaml>=6.0" "paho-mqtt>=2.0"
+    # pip cannot see that apt's python3-opencv is the opencv-python-headless doorface asks for: no conflict warnings.
+    PIP_PI=("$PY" -m pip install --quiet --no-warn-conflicts -c "$CONSTRAINTS")
+    "${PIP_PI[@]}" --no-deps -e ".$EXTRA"
+    "${PIP_PI[@]}" "pyyaml>=6.0" "paho-mqtt>=2.0"
     if [ "$DEV" -eq 1 ]; then
-        "$PY" -m pip install --quiet -c "$CONSTRAINTS" "pytest>=7.4" "ruff>=0.5"
+        "${PIP_PI[@]}" "pytest>=7.4" "ruff>=0.5"
     fi
     # The interpreter that works with this numpy: ai-edge-litert where its wheel accepts it, else tflite-runtime
     # (which needs numpy < 2, as Bookworm's is).
-    if "$PY" -m pip install --quiet -c "$CONSTRAINTS" "ai-edge-litert>=1.2"; then
+    if "${PIP_PI[@]}" "ai-edge-litert>=1.2"; then
         log "interpreter: ai-edge-litert"
-    elif "$PY" -m pip install --quiet -c "$CONSTRAINTS" tflite-runtime; then
+    elif "${PIP_PI[@]}" tflite-runtime; then
         log "interpreter: tflite-runtime (ai-edge-litert has no wheel for numpy $NUMPY_VERSION here)"
     else
         echo "install.sh: no TFLite interpreter wheel works with numpy $NUMPY_VERSION on this system;" >&2

@@ -7,8 +7,6 @@ This is what a Raspberry Pi install is: no TensorFlow, no converters' extras, mo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import venv
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from checkout import checkout_copy, clean_env
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,30 +27,13 @@ def _run(cmd: list, *, cwd: Path, env: dict, timeout: float = 600) -> subprocess
                           check=False)
 
 
-def _checkout_copy(target: Path) -> Path:
-    """The files a clean clone of this tree would have (tracked, plus new files git does not ignore)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
-def _clean_env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DOORFACE_MODELS", "VIRTUAL_ENV")}
-    return {**env, "DOORFACE_HOME": str(home), "PYTHONNOUSERSITE": "1"}
-
-
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory) -> Path:
     """A fresh venv holding the doorface wheel (with its test extra) and nothing of the converters' extra."""
     root = tmp_path_factory.mktemp("wheel")
-    source = _checkout_copy(root / "src")
+    source = checkout_copy(root / "src")
     dist = root / "dist"
-    env = _clean_env(root / "home")
+    env = clean_env(root / "home")
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist,
                   source], cwd=root, env=env)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -72,7 +54,7 @@ def _demo_events(command: list, cwd: Path, env: dict) -> list[tuple]:
 
 
 def test_the_installed_wheel_runs_the_demo_outside_the_repository(runtime_venv, tmp_path) -> None:
-    env = _clean_env(tmp_path / "home")
+    env = clean_env(tmp_path / "home")
     python = runtime_venv / "bin" / "python"
     where = _run([python, "-c", "import importlib.util, json, edge.resources as r; print(json.dumps({"
                   "'edge': r.__file__, 'models': str(r.bundled_dir('quantized_models')), "
@@ -84,7 +66,7 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(runtime_venv, 
     assert not found["tensorflow"], "a runtime install must not pull TensorFlow in"
 
     installed = _demo_events([runtime_venv / "bin" / "doorface", "demo"], tmp_path, env)
-    checkout = _demo_events([sys.executable, "-m", "edge.cli", "demo"], REPO_ROOT, _clean_env(tmp_path / "home2"))
+    checkout = _demo_events([sys.executable, "-m", "edge.cli", "demo"], REPO_ROOT, clean_env(tmp_path / "home2"))
     enrolled = yaml.safe_load((REPO_ROOT / "demo" / "demo.yaml").read_text(encoding="utf-8"))["enroll"]
     assert installed and {name for kind, name, *_ in installed if kind == "recognized"} <= set(enrolled)
     assert installed == checkout  # the same models, configs and clip as the checkout's
@@ -95,7 +77,7 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(runtime_venv, 
 
 def test_the_runtime_only_tier_passes_without_the_convert_extra(runtime_venv, tmp_path) -> None:
     """The default test tier on the runtime install: converter tests skip, saying why; everything else passes."""
-    env = _clean_env(tmp_path / "home")
+    env = clean_env(tmp_path / "home")
     result = _run([runtime_venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
                    REPO_ROOT / "tests"], cwd=REPO_ROOT, env=env, timeout=1800)
     tail = result.stdout[-4000:]
