@@ -142,8 +142,8 @@ NNS_SPEEDUP_TARGET, NNS_SPEEDUP_KEYS = 5.0, ("nns2", "mobilefacenet")
 def nns_targets(doc: Path) -> str:
     """Where the NNS-class embedders stand against their targets: accuracy and int8 cost from the manifest (written
     by the LFW protocol), FLOPs from the entries' model block, latency from bench/results/embedder_latency.json."""
-    from converters.nns import MAX_FLOPS
-    from converters.train_config import MAX_INT8_LFW_LOSS_POINTS
+    from research.nns import MAX_FLOPS
+    from research.train_config import MAX_INT8_LFW_LOSS_POINTS
 
     models = _models()
     rows = ["| target | reached | met |", "|---|---|---|"]

@@ -13,9 +13,9 @@ from edge.manifest import Manifest, default_models_dir
 
 
 def _cmd_mtcnn(args) -> int:
-    from converters import mtcnn_convert
+    from converters.build import mtcnn
 
-    entries = mtcnn_convert.convert(Path(args.out), shared=args.shared, cache=args.cache)
+    entries = mtcnn.convert(Path(args.out), shared=args.shared, cache=args.cache)
     for key, entry in sorted(entries.items()):
         print(f"{key:<11} {entry['file']:<28} {entry['size_bytes']:>9,} B  sha256 {entry['sha256'][:16]}…")
     return 0
@@ -24,14 +24,14 @@ def _cmd_mtcnn(args) -> int:
 def _cmd_embedder(args) -> int:
     import importlib
 
-    module = importlib.import_module(f"converters.{args.module}")
+    module = importlib.import_module(f"converters.build.{args.module}")
     entry = module.convert(Path(args.out), cache=args.cache)
     print(f"{entry['file']}: {entry['size_bytes']:,} B, sha256 {entry['sha256'][:16]}…")
     return 0
 
 
 def _cmd_check(args) -> int:
-    from converters import tflite_tools
+    from converters.quantize import tflite_tools
 
     manifest = Manifest.load(Path(args.models))
     failed = 0
@@ -57,36 +57,12 @@ def _cmd_check(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     if args.what == "lfw":
-        from converters import evaluate_lfw
+        from converters.evaluate import lfw
 
-        return evaluate_lfw.main(args)
-    from converters import evaluate_mtcnn
+        return lfw.main(args)
+    from converters.evaluate import mtcnn
 
-    return evaluate_mtcnn.main(args)
-
-
-def _cmd_train_nns(args) -> int:
-    from converters import train_nns
-
-    return train_nns.main(args)
-
-
-def _cmd_learning_curve(args) -> int:
-    from converters import learning_curve
-
-    return learning_curve.main(args)
-
-
-def _cmd_compare_runs(args) -> int:
-    from converters import run_report
-
-    return run_report.main(args)
-
-
-def _cmd_fit_gap(args) -> int:
-    from converters import fit_gap
-
-    return fit_gap.main(args)
+    return mtcnn.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,34 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--models", default=str(default_models_dir()))
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_cmd_check)
-
-    train_nns = sub.add_parser("train-nns", help="train a FaceNet NNS1/NNS2 embedder on train-faces (distillation + "
-                                                 "triplet), export int8 + float, evaluate on LFW")
-    from converters.train_config import add_arguments as train_nns_arguments
-
-    train_nns_arguments(train_nns)
-    train_nns.set_defaults(func=_cmd_train_nns)
-
-    curve = sub.add_parser("learning-curve", help="LFW accuracy against training-set size, from finished "
-                                                  "train-nns runs (--fraction 0.25, 0.5, 1)")
-    from converters.learning_curve import add_arguments as learning_curve_arguments
-
-    learning_curve_arguments(curve)
-    curve.set_defaults(func=_cmd_learning_curve)
-
-    compare = sub.add_parser("compare-runs", help="finished train-nns runs side by side: what their recipes differ "
-                                                  "in, their length and LFW result")
-    from converters.run_report import add_arguments as compare_runs_arguments
-
-    compare_runs_arguments(compare)
-    compare.set_defaults(func=_cmd_compare_runs)
-
-    gap = sub.add_parser("fit-gap", help="shipped students on the identities they trained on against held-out "
-                                         "ones: memorising (data-limited) or under-fitting?")
-    from converters.fit_gap import add_arguments as fit_gap_arguments
-
-    fit_gap_arguments(gap)
-    gap.set_defaults(func=_cmd_fit_gap)
 
     evaluate = sub.add_parser("evaluate", help="measure shipped models on held-out data")
     evaluate.add_argument("what", choices=["mtcnn", "lfw"])

@@ -21,7 +21,7 @@ import pytest
 from edge.interpreter import make_interpreter
 from edge.manifest import default_models_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.convert]  # rebuilds the models with TensorFlow
 
 KEYS = ("pnet", "rnet", "onet", "pnet_float", "rnet_float", "onet_float")
 MEASURED = {"agreement"}  # figures measured by running models (float rounding differs by CPU)

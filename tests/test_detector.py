@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from converters import tflite_tools
 from converters.datasets import load_lfw_landmarks
-from converters.metrics import centre_face_index, landmark_nme_interocular
+from converters.evaluate.metrics import centre_face_index, landmark_nme_interocular
+from converters.quantize import tflite_tools
 from edge import interpreter as tfl
 from edge.detector import MtcnnDetector
 from edge.faces import Detections

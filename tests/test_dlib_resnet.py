@@ -10,9 +10,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from converters import dlib_resnet as dr
+from converters.build import dlib_resnet as dr
 from converters.datasets import load_train_faces
-from converters.tflite_tools import inspect_model
+from converters.quantize.tflite_tools import inspect_model
 from edge.embedder import Embedder, distance
 from edge.image_io import load_image
 from edge.manifest import Manifest, default_models_dir
@@ -138,7 +138,7 @@ def test_numpy_conv_matches_tf_same_padding():
 @pytest.mark.slow
 def test_float_model_matches_a_numpy_forward_pass_of_the_source_weights(manifest, identity_faces):
     """The shipped float model vs face-api's forward pass re-done in float64 from the pinned npm weights."""
-    from converters.sources import SourceError
+    from converters.fetch.sources import SourceError
 
     try:
         weights = dr.decode_weights(dr.extract_source()[0])

@@ -1,4 +1,4 @@
-"""``doorface-convert fit-gap`` (:mod:`converters.fit_gap`) on the shipped nns2 and real train-faces."""
+"""``python -m research fit-gap`` (:mod:`research.fit_gap`) on the shipped nns2 and real train-faces."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from converters import fit_gap, train_nns
 from edge.manifest import Manifest
+from research import fit_gap, train_nns
 
 TRAINED_IDENTITIES = 20
 

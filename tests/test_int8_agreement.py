@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from converters.datasets import detection_eval_images, lfw_subset
-from converters.evaluate_mtcnn import agreement, load_detectors
+from converters.evaluate.mtcnn import agreement, load_detectors
 
 LFW_IMAGES_IN_SUBSET = 130  # + 64 deepface-unit + 6 group-photos = 200
 SUBSET_SEED = 1

@@ -1,4 +1,4 @@
-"""The learning-curve report over train-nns run folders (:mod:`converters.learning_curve`)."""
+"""The learning-curve report over train-nns run folders (:mod:`research.learning_curve`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from converters import learning_curve as LC
+from research import learning_curve as LC
 
 
 def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=None, lfw=True, steps=None,
@@ -32,6 +32,7 @@ def _run(root, name, *, fraction, faces, accuracy, epochs=20, arch="nns2", key=N
     return run
 
 
+@pytest.mark.convert
 def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
     runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80),
             _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.70),
@@ -47,6 +48,7 @@ def test_curve_from_runs_sorted_with_gain_per_doubling(tmp_path):
     assert paths["md"].name == "nns2_learning_curve.md" and "mixes the effect of data" in text
 
 
+@pytest.mark.convert
 def test_runs_of_equal_steps_make_an_iso_step_curve(tmp_path):
     runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125, val=0.82),
             _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125, val=0.72)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters import evaluate_lfw
-from converters.evaluate_lfw import best_threshold, load_pairs, roc_auc, ten_fold, threshold_at_far
+from converters.evaluate import lfw as evaluate_lfw
+from converters.evaluate.lfw import best_threshold, load_pairs, roc_auc, ten_fold, threshold_at_far
 
 
 def test_real_pairs_file_has_10_folds_of_300_plus_300(shared_data):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from converters.evaluate_lfw import load_pairs
+from converters.evaluate.lfw import load_pairs
 from edge.manifest import Manifest
 
 pytestmark = pytest.mark.slow  # ~600 LFW images through MTCNN and two embedders each
@@ -34,7 +34,7 @@ def _int8_embedders(manifest):
 
 
 def test_int8_embedders_match_float_on_300_lfw_pairs(shared_data):
-    from converters.evaluate_lfw import evaluate
+    from converters.evaluate.lfw import evaluate
 
     manifest = Manifest.load()
     keys = _int8_embedders(manifest)

@@ -1,4 +1,4 @@
-"""Pure-logic tests of converters.metrics with hand-computed inputs."""
+"""Pure-logic tests of converters.evaluate.metrics with hand-computed inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from converters.metrics import (
+from converters.evaluate.metrics import (
     DetectionCounts,
     centre_face_index,
     count_detections,

@@ -11,9 +11,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from converters import tflite_tools
+from converters.build.mobilefacenet import split_faces
 from converters.datasets import load_train_faces
-from converters.mobilefacenet import split_faces
+from converters.quantize import tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face
 from edge.image_io import load_image

@@ -1,4 +1,4 @@
-"""NNS1/NNS2 (:mod:`converters.nns`) and their training (:mod:`converters.train_nns`).
+"""NNS1/NNS2 (:mod:`research.nns`) and their training (:mod:`research.train_nns`).
 
 The architectures must fit FaceNet's budgets with int8/EdgeTPU-friendly layers only; a tiny NNS2 trained for a few
 steps on real aligned train-faces (4 identities × 8) must lower its loss, and its int8 export must parse as fully
@@ -13,9 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from converters import landmark_check, nns, tflite_tools, train_config
-from converters import train_nns as T
+from converters.quantize import tflite_tools
 from edge.manifest import Manifest
+from research import landmark_check, nns, train_config
+from research import train_nns as T
 
 TINY_INPUT = (64, 56, 3)  # (h, w, c)
 TINY_WIDTH = 0.25
@@ -34,6 +35,7 @@ def full_model(request):
     return request.param, nns.build(nns.ARCHITECTURES[request.param])
 
 
+@pytest.mark.convert
 def test_architectures_fit_the_flop_budgets(full_model):
     name, model = full_model
     flops = nns.count_flops(model)
@@ -44,6 +46,7 @@ def test_architectures_fit_the_flop_budgets(full_model):
     assert tuple(model.input.shape[1:]) == nns.ARCHITECTURES[name].input_shape
 
 
+@pytest.mark.convert
 def test_architectures_use_int8_friendly_layers_only(full_model):
     name, model = full_model
     assert nns.layer_types(model) <= nns.ALLOWED_LAYERS, nns.layer_types(model) - nns.ALLOWED_LAYERS
@@ -62,6 +65,7 @@ def test_architecture_rejects_an_unknown_head():
         dataclasses.replace(nns.NNS2, head="average")
 
 
+@pytest.mark.convert
 def test_count_macs_by_hand():
     import keras
 
@@ -94,6 +98,7 @@ def test_identity_split_is_disjoint_and_nested():
     assert full.val_identities == 5 and full.train_identities == 95
 
 
+@pytest.mark.convert
 def test_semi_hard_triplet_loss_matches_a_loop():
     import tensorflow as tf
 
@@ -225,6 +230,7 @@ def test_command_line_config_round_trips_through_config_json():
         parser.parse_args(["--augmentation", "heavy"])
 
 
+@pytest.mark.convert
 def test_checkpoint_round_trip(tmp_path):
     cfg = T.TrainConfig(width=TINY_WIDTH)
     models = []
@@ -316,6 +322,7 @@ def test_teacher_views_are_the_teachers_embedding_of_the_view_the_student_sees(t
     assert own.mean() > max(to_clean[i][:, other[i]].mean() for i in range(len(tiny_faces))) + 0.4
 
 
+@pytest.mark.convert
 def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
     from edge.embedder import Embedder
     from edge.image_io import load_image
@@ -390,7 +397,7 @@ def test_train_faces_landmarks_agree_with_our_mtcnn(tiny_faces):
 
 def test_int8_lfw_loss_over_the_limit_is_warned():
     # The LFW results of the 60-epoch nns1 exported with 2000 and with 4000 calibration faces.
-    from converters import evaluate_lfw
+    from converters.evaluate import lfw as evaluate_lfw
 
     manifest = Manifest.load()
     with_2000 = {"models": {"nns1": {"accuracy_mean": 0.92933}, "nns1_float": {"accuracy_mean": 0.93333}}}

@@ -1,4 +1,5 @@
-"""Packaging checks: the on-device runtime (edge/) must never pull in TensorFlow, Keras or the converters."""
+"""Packaging checks: the on-device runtime (edge/) never pulls in TensorFlow, Keras, the converters or the research
+code, and the converters never import the research code (the product rebuilds its models without it)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 EDGE = REPO / "edge"
-FORBIDDEN_TOP_LEVEL = {"converters", "tensorflow", "keras"}
+# package → the top-level modules none of its files may import
+FORBIDDEN_IMPORTS = {
+    "edge": {"converters", "research", "bench", "tensorflow", "keras"},
+    "converters": {"research", "bench"},
+}
 RUNTIME_DEPS = {"numpy", "opencv-python-headless", "pyyaml", "paho-mqtt", "ai-edge-litert"}
 
 
@@ -55,14 +62,17 @@ def _imported_top_levels(tree: ast.AST) -> set[str]:
     return tops
 
 
-def test_edge_has_no_forbidden_imports() -> None:
+@pytest.mark.parametrize("package", sorted(FORBIDDEN_IMPORTS))
+def test_packages_import_only_downstream(package) -> None:
     offenders = []
-    for path in sorted(EDGE.rglob("*.py")):
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files, package
+    for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        bad = _imported_top_levels(tree) & FORBIDDEN_TOP_LEVEL
+        bad = _imported_top_levels(tree) & FORBIDDEN_IMPORTS[package]
         if bad:
             offenders.append(f"{path.relative_to(REPO)}: {sorted(bad)}")
-    assert not offenders, "edge/ must not import converters/tensorflow/keras:\n" + "\n".join(offenders)
+    assert not offenders, f"{package}/ must not import {sorted(FORBIDDEN_IMPORTS[package])}:\n" + "\n".join(offenders)
 
 
 def _setup_keyword(name: str) -> ast.expr:

@@ -1,4 +1,4 @@
-"""The train-nns run comparison (:mod:`converters.run_report`) over run folders as the trainer writes them."""
+"""The train-nns run comparison (:mod:`research.run_report`) over run folders as the trainer writes them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from converters import run_report as RR
-from converters.train_config import AUGMENTATIONS, TrainConfig
 from edge.manifest import Manifest, default_models_dir
+from research import run_report as RR
+from research.train_config import AUGMENTATIONS, TrainConfig
 
 
 def _run(root, name, cfg: TrainConfig, lrs, accuracy, init=None):
@@ -63,7 +63,7 @@ def test_a_run_started_from_another_names_it_and_its_epoch(tmp_path):
 def test_recipe_options_can_be_typed_back_into_train_nns():
     import argparse
 
-    from converters import train_config
+    from research import train_config
 
     cfg = TrainConfig(arch="nns2", learning_rate=1e-3, dropout=0.0, teacher_flip=True, fraction=0.25,
                       augmentation=AUGMENTATIONS["light"], triplet_weight=0.0, threads=1)

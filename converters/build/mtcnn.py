@@ -17,8 +17,10 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, manifest_io, sources, tflite_tools
-from converters import mtcnn_keras as mk
+from converters import datasets, manifest_io
+from converters.fetch import sources
+from converters.quantize import tflite_tools
+from converters.build import mtcnn_keras as mk
 from edge import interpreter as tfl
 from edge import mtcnn as cascade
 

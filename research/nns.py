@@ -31,7 +31,7 @@ RGB, ``(pixel - 127.5) / 128``, like MobileFaceNet. Alignment: the ArcFace 112×
 ``w / 112`` and centred vertically, so a taller chip gains forehead and chin above and below the same face box the
 teacher (MobileFaceNet) sees.
 
-    python -m converters.nns        # prints params, MACs and FLOPs of both nets at full width
+    python -m research.nns        # prints params, MACs and FLOPs of both nets at full width
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Optional
 
 import numpy as np
 
-from converters.mobilefacenet import ARCFACE_112_TEMPLATE
+from converters.build.mobilefacenet import ARCFACE_112_TEMPLATE
 
 ARCFACE_SIZE = 112
 EMBEDDING_DIM = 128
@@ -104,7 +104,7 @@ class Architecture:
             raise ValueError(f"{self.name}: head must be one of {HEADS}, got {self.head!r}")
 
 
-# The widths were tuned (see `python -m converters.nns`) to sit just under the FLOP budgets at full width.
+# The widths were tuned (see `python -m research.nns`) to sit just under the FLOP budgets at full width.
 NNS1 = Architecture(
     name="nns1",
     key="nns1",
@@ -228,7 +228,7 @@ def build(arch: Architecture, input_shape: Optional[tuple[int, int, int]] = None
     """The Keras model of ``arch`` (optionally at another input size or width multiplier, e.g. for tests).
 
     ``batch_size=1`` gives the static shapes an int8/EdgeTPU export wants; ``None`` is for training.
-    ``dropout`` (a training setting, see :class:`converters.train_config.TrainConfig`) goes before the embedding
+    ``dropout`` (a training setting, see :class:`research.train_config.TrainConfig`) goes before the embedding
     layer; it holds no weights, so a model built without it takes the trained weights as they are.
     """
     import keras
@@ -326,7 +326,7 @@ def summarize(name: str, width: float = 1.0) -> Summary:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converters.nns", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m research.nns", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", nargs="*", choices=sorted(ARCHITECTURES), default=sorted(ARCHITECTURES))
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default: %(default)s)")
     args = parser.parse_args(argv)

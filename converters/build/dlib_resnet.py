@@ -1,4 +1,4 @@
-"""``python -m converters.dlib_resnet``: dlib's face recognition ResNet → Keras → checks → int8 + float TFLite.
+"""``python -m converters.build.dlib_resnet``: dlib's face recognition ResNet → Keras → checks → int8 + float TFLite.
 
 Source
     npm ``@vladmandic/face-api`` 1.7.15 (tarball pinned by sha256). It ships dlib's
@@ -65,8 +65,10 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, manifest_io, npm_sources, tflite_tools
-from converters.sources import sha256_file
+from converters import datasets, manifest_io
+from converters.fetch import npm_sources
+from converters.quantize import tflite_tools
+from converters.fetch.sources import sha256_file
 from edge import interpreter as tfl
 from edge.align import align_face, similarity_transform
 from edge.image_io import load_image
@@ -648,7 +650,7 @@ def convert(out_dir: Path, cache: Optional[Path] = None, shared: Optional[Path] 
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converters.dlib_resnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m converters.build.dlib_resnet", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (e.g. quantized_models)")
     parser.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
     parser.add_argument("--shared", type=Path, default=None,

@@ -1,7 +1,7 @@
 """The ``train-nns`` configuration and its command-line options, apart from the trainer.
 
-Kept free of cv2, TensorFlow and the model code so that ``doorface-convert --help`` and argument errors stay fast;
-:mod:`converters.train_nns` does the work. A run's ``config.json`` stores :meth:`TrainConfig.to_json` and
+Kept free of cv2, TensorFlow and the model code so that ``python -m research --help`` and argument errors stay fast;
+:mod:`research.train_nns` does the work. A run's ``config.json`` stores :meth:`TrainConfig.to_json` and
 ``--resume`` reads it back with :meth:`TrainConfig.from_json`.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-# The architectures of converters.nns; repeated here (and checked against it by a test) so that building the
+# The architectures of research.nns; repeated here (and checked against it by a test) so that building the
 # parser does not import the model code.
 ARCHITECTURE_NAMES = ("nns1", "nns2", "nns2fc")
 # What --resume may change of a stored run: how long it trains and how fast. Every other setting is the run's recipe.
@@ -175,7 +175,7 @@ def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train-nns`` options (shared by ``doorface-convert train-nns`` and ``python -m``)."""
+    """The ``train-nns`` options (shared by ``python -m research train-nns`` and ``python -m research.train_nns``)."""
     defaults = TrainConfig()
     parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=defaults.arch)
     parser.add_argument("--epochs", type=int, default=None,

@@ -25,7 +25,7 @@ ArcFace 112×112 five-point template.
 The shipped int8 model is built from the ``relu`` variant. Measured at 1 thread (ai_edge_litert/XNNPACK, x86): int8
 with PReLU kept runs ~4x slower than float (int8 PRELU is not delegated to XNNPACK and runs on TFLite's reference
 kernel) and agrees poorly with float (mean cosine 0.92). Each PReLU is therefore rewritten with the exact identity
-used for MTCNN (:mod:`converters.mtcnn_keras`), in the scaled form
+used for MTCNN (:mod:`converters.build.mtcnn_keras`), in the scaled form
 
     prelu(y) = u · relu(k · y) + v · relu(-t · y),   u = 1/k, v = -a/t, any k, t > 0
 
@@ -57,7 +57,9 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, manifest_io, npm_sources, tflite_tools
+from converters import datasets, manifest_io
+from converters.fetch import npm_sources
+from converters.quantize import tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face
 from edge.image_io import load_image
@@ -916,7 +918,7 @@ def compare_variants(prepared: Prepared) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converters.mobilefacenet", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m converters.build.mobilefacenet", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="quantized_models", help="models folder (manifest.json is merged)")
     parser.add_argument("--cache", type=Path, default=None, help="download cache (default $DOORFACE_CACHE or "
                                                                   "~/.cache/doorface)")

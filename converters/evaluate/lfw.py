@@ -22,8 +22,9 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, sources
-from converters.metrics import centre_face_index
+from converters import datasets
+from converters.evaluate.metrics import centre_face_index
+from converters.fetch import sources
 from edge.detector import MTCNN_KEYS, MtcnnDetector
 from edge.embedder import Embedder
 from edge.image_io import load_image

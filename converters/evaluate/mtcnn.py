@@ -39,7 +39,7 @@ from converters.datasets import (
     load_lfw_landmarks,
     shared_root,
 )
-from converters.metrics import (
+from converters.evaluate.metrics import (
     DetectionCounts,
     centre_face_index,
     count_detections,

@@ -1,6 +1,6 @@
-"""``doorface-convert learning-curve RUN...``: LFW accuracy against training-set size, from finished train-nns runs.
+"""``python -m research learning-curve RUN...``: LFW accuracy against training-set size, from finished train-nns runs.
 
-Each run folder (``runs/<arch>-<timestamp>/``, see :mod:`converters.train_nns`) holds its config (the share of
+Each run folder (``runs/<arch>-<timestamp>/``, see :mod:`research.train_nns`) holds its config (the share of
 training identities it kept, the faces that made) and its LFW result. The runs must be of one architecture and
 one schedule (epochs), so that only the data differs; a smaller share then also means fewer steps, as it would
 for anyone training on less data, unless ``--steps-per-epoch`` held the steps equal. The report says what each
@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 class CurvePoint:
     run: str
     arch: str
-    key: str  # the manifest key its models were exported and evaluated under (see converters.nns.Architecture)
+    key: str  # the manifest key its models were exported and evaluated under (see research.nns.Architecture)
     fraction: float
     epochs: int
     steps: int  # optimiser steps in all (a smaller share takes fewer per epoch)
@@ -45,7 +45,7 @@ def run_file(run_dir: Path, name: str) -> Path:
     path = Path(run_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished train-nns run with an LFW result "
-                                "(run `doorface-convert train-nns` to the end, without --no-lfw)")
+                                "(run `python -m research train-nns` to the end, without --no-lfw)")
     return path
 
 
@@ -57,7 +57,7 @@ def read_run(run_dir: Path) -> CurvePoint:
     lfw = json.loads(lfw_path.read_text(encoding="utf-8"))
     history = json.loads(history_path.read_text(encoding="utf-8"))
     arch = config["config"]["arch"]
-    from converters.evaluate_lfw import FULL_PROTOCOL_PAIRS  # here: the CLI builds its parser from this module
+    from converters.evaluate.lfw import FULL_PROTOCOL_PAIRS  # here: the CLI builds its parser from this module
 
     if lfw.get("pairs") != FULL_PROTOCOL_PAIRS:
         raise ValueError(f"{lfw_path}: {lfw.get('pairs')} LFW pairs, the curve needs the full "
@@ -107,7 +107,7 @@ def markdown(points: Sequence[CurvePoint]) -> str:
     arch = points[0].arch
     rows = [f"Learning curve of `{arch}`: the same recipe ({points[0].epochs} epochs) on nested shares of the "
             "train-faces identities; LFW View-2, 6000 pairs, 10-fold, our MTCNN + alignment "
-            "(`doorface-convert learning-curve`).", "",
+            "(`python -m research learning-curve`).", "",
             "| share | identities | faces | steps | LFW int8 | LFW float | TAR @ FAR=1e-3 (int8) | held-out val acc. "
             "| run |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""``doorface-convert fit-gap``: does a shipped student memorise its training identities, or under-fit them?
+"""``python -m research fit-gap``: does a shipped student memorise its training identities, or under-fit them?
 
 It verifies face pairs of a seeded sample of the identities a model trained on and of the identities its run held
 out, with the int8 model through the runtime's alignment and embedder, and with the teacher on the same pairs. A
@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from converters.train_config import CLEAN_TARGET, FLIP_TARGET, TrainConfig
+from research.train_config import CLEAN_TARGET, FLIP_TARGET, TrainConfig
 
 SPLITS = ("trained", "held-out")
 # The recorded teacher accuracy is on these very pairs; float sums may differ by a pair or two across threads.
@@ -52,7 +52,7 @@ def _training(entry) -> dict:
     training = entry.fields.get("training")
     if not training or "teacher_val_accuracy" not in training:
         raise ValueError(f"model '{entry.key}' has no train-nns training record in its manifest entry: fit-gap "
-                         "measures students exported by `doorface-convert train-nns`")
+                         "measures students exported by `python -m research train-nns`")
     return training
 
 
@@ -67,7 +67,7 @@ def sample_identities(faces: Sequence, index: np.ndarray, count: int, seed: int)
 def teacher_reference(faces: Sequence, teacher, training: dict, name: str) -> np.ndarray:
     """The teacher's embeddings of ``faces`` as training measured its held-out accuracy: of the clean faces (older
     entries, which record no target, all were), or flip-averaged for a ``--teacher-flip`` run."""
-    from converters import train_nns
+    from research import train_nns
 
     plain = train_nns.teacher_embeddings(faces, teacher, desc=f"{teacher.key} {name}")
     if training.get("teacher_target", CLEAN_TARGET) != FLIP_TARGET:
@@ -81,7 +81,8 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
             teachers=None) -> list[GapRow]:
     """One row per split for the student ``key``. ``teachers`` is the manifest holding the teacher when
     ``manifest`` does not (a run's own models folder holds only the run's models and the detector)."""
-    from converters import datasets, train_nns
+    from converters import datasets
+    from research import train_nns
 
     entry = manifest.entry(key)
     training = _training(entry)
@@ -110,7 +111,7 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
 
 def markdown(rows: Sequence[GapRow]) -> str:
     lines = ["Face verification on identities each student trained on against the identities its run held out "
-             "(train-faces pairs; int8 student and its teacher on the same pairs; `doorface-convert fit-gap`). "
+             "(train-faces pairs; int8 student and its teacher on the same pairs; `python -m research fit-gap`). "
              "*Gap* is the student's accuracy on trained identities minus held-out ones.", "",
              "| model | run | identities | split | faces | pairs | student acc. | student AUC | teacher acc. | gap |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -153,8 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from converters import datasets
-    from converters.train_nns import run_models
     from edge.manifest import Manifest
+    from research.train_nns import run_models
 
     if args.identities < 2:
         raise ValueError(f"--identities must be >= 2, got {args.identities}")

@@ -1,4 +1,4 @@
-"""``doorface-convert train-nns``: train an NNS1/NNS2 embedder (:mod:`converters.nns`) and ship it in int8.
+"""``python -m research train-nns``: train an NNS1/NNS2 embedder (:mod:`research.nns`) and ship it in int8.
 
 Data
     ``train-faces`` (LFW-disjoint CelebA crops, 5 landmarks each). Identities, not images, are split: a seeded 5% of
@@ -7,7 +7,7 @@ Data
     final evaluation: it is the test set. Every face is aligned once with :func:`edge.align.align_face` onto the
     student's template and cached as uint8 ``.npy`` under ``$DOORFACE_CACHE/nns`` (default
     ``~/.cache/doorface/nns``), keyed by the template, chip size and the data manifest's sha256. Before that,
-    :mod:`converters.landmark_check` compares the data's landmarks with our int8 MTCNN on a seeded sample and
+    :mod:`research.landmark_check` compares the data's landmarks with our int8 MTCNN on a seeded sample and
     refuses to train on a set that disagrees (the runtime aligns with ours).
 
 Teacher
@@ -46,9 +46,9 @@ Export
     un-augmented training-identity chips; batch norm folds into the convolutions and ReLU6 bounds every activation,
     which is what makes plain PTQ enough here. The int8 model must parse as fully int8; its cosine to the float
     model on held-out identities is recorded. Keys ``<key>`` (int8) and ``<key>_float`` (the float reference), where
-    ``<key>`` is the architecture's class (:attr:`converters.nns.Architecture.key`, so ``nns2fc`` ships as ``nns2``), go
+    ``<key>`` is the architecture's class (:attr:`research.nns.Architecture.key`, so ``nns2fc`` ships as ``nns2``), go
     into the ``--out`` folder's manifest, with cards, only at the end of a successful run; then the LFW
-    protocol (:mod:`converters.evaluate_lfw`) runs on both and writes its thresholds into the manifest.
+    protocol (:mod:`converters.evaluate.lfw`) runs on both and writes its thresholds into the manifest.
 
 Run folder ``runs/<arch>-<timestamp>/``: ``config.json``, ``history.json``, ``loss.png``, ``checkpoint.npz``
 (every epoch; ``--resume`` continues from it), ``export/`` with ``export.json`` (the run's own int8 and float models
@@ -73,8 +73,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from converters import datasets, landmark_check, manifest_io, nns, sources, tflite_tools
-from converters.train_config import (
+from converters import datasets, manifest_io
+from converters.fetch import sources
+from converters.quantize import tflite_tools
+from edge import interpreter as tfl
+from edge.align import align_face
+from edge.embedder import l2_normalise as unit_rows
+from edge.image_io import load_image
+from edge.manifest import MANIFEST_NAME, Manifest, default_models_dir
+from research import landmark_check, nns
+from research.train_config import (
     CLEAN_TARGET,
     EXPORT_DIR,
     EXPORT_ENTRIES,
@@ -87,11 +95,6 @@ from converters.train_config import (
     config_from_args,
     resume_conflicts,
 )
-from edge import interpreter as tfl
-from edge.align import align_face
-from edge.embedder import l2_normalise as unit_rows
-from edge.image_io import load_image
-from edge.manifest import MANIFEST_NAME, Manifest, default_models_dir
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +527,7 @@ def verification_pairs(labels: np.ndarray, seed: int, per_identity: int = VAL_SA
 
 def verification_metrics(embeddings: np.ndarray, pairs: Pairs) -> dict:
     """Best-threshold accuracy and ROC AUC of cosine distance on ``pairs`` (unit embeddings)."""
-    from converters.evaluate_lfw import best_threshold, roc_auc
+    from converters.evaluate.lfw import best_threshold, roc_auc
 
     distances = 1.0 - np.sum(embeddings[pairs.a] * embeddings[pairs.b], axis=1)
     threshold, accuracy = best_threshold(distances, pairs.same)
@@ -665,9 +668,9 @@ def manifest_entries(key: str, int8: bytes, float_model: bytes, input_shape: tup
         "align": {"template": template.tolist(), "size": [width, height],
                   "method": f"ArcFace 112x112 template scaled by {width}/112 and centred vertically in {height}"},
         "embedding": {"dim": nns.EMBEDDING_DIM, "metric": "cosine", "normalise": "l2 on host"},
-        "source": {"trained": "here, doorface-convert train-nns", **provenance["source"]},
+        "source": {"trained": "here, python -m research train-nns", **provenance["source"]},
         "training": provenance["training"],
-        "model": {"architecture": f"{architecture}: {key.upper()}-class Inception (converters/nns.py)",
+        "model": {"architecture": f"{architecture}: {key.upper()}-class Inception (research/nns.py)",
                   "input_hw": [height, width], "params": summary["params"], "macs": summary["macs"],
                   "flops": summary["flops"], "flops_convention": "2 x MACs (FaceNet's tables count MACs)"},
     }
@@ -955,7 +958,7 @@ def run_models(run_dir: Path) -> Manifest:
 def evaluate_lfw(keys: Sequence[str], out: Path, run_dir: Path) -> dict:
     """The full LFW protocol on ``keys`` of the ``out`` manifest; results into the run folder, thresholds and
     accuracy into the manifest (as ``doorface-convert evaluate lfw`` does)."""
-    from converters import evaluate_lfw as lfw
+    from converters.evaluate import lfw
 
     manifest = Manifest.load(out)
     results = lfw.evaluate(list(keys), manifest)
@@ -982,7 +985,7 @@ def int8_loss_warning(key: str, loss_points: Optional[float],
     if loss_points is None or loss_points <= limit:
         return None
     return (f"int8 {key} loses {loss_points:.2f} pt of LFW against its float reference (limit {limit} pt): raise "
-            f"CALIBRATION_FACES (now {CALIBRATION_FACES}) in converters/train_nns.py and export again with "
+            f"CALIBRATION_FACES (now {CALIBRATION_FACES}) in research/train_nns.py and export again with "
             "--resume RUN_DIR")
 
 
@@ -1071,7 +1074,7 @@ def main(args) -> int:
 if __name__ == "__main__":
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m converters.train_nns", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m research.train_nns", description=__doc__.split("\n")[0])
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(main(parser.parse_args()))
