@@ -67,13 +67,14 @@ def sample_identities(faces: Sequence, index: np.ndarray, count: int, seed: int)
 def teacher_reference(faces: Sequence, teacher, training: dict, name: str) -> np.ndarray:
     """The teacher's embeddings of ``faces`` as training measured its held-out accuracy: of the clean faces (older
     entries, which record no target, all were), or flip-averaged for a ``--teacher-flip`` run."""
-    from research import train_nns
+    from edge.embedder import l2_normalise as unit_rows
+    from research.teacher import teacher_embeddings
 
-    plain = train_nns.teacher_embeddings(faces, teacher, desc=f"{teacher.key} {name}")
+    plain = teacher_embeddings(faces, teacher, desc=f"{teacher.key} {name}")
     if training.get("teacher_target", CLEAN_TARGET) != FLIP_TARGET:
         return plain
-    mirrored = train_nns.teacher_embeddings(faces, teacher, desc=f"{teacher.key} {name} mirrored", mirrored=True)
-    return train_nns.unit_rows(plain + mirrored)
+    mirrored = teacher_embeddings(faces, teacher, desc=f"{teacher.key} {name} mirrored", mirrored=True)
+    return unit_rows(plain + mirrored)
 
 
 def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int = TrainConfig.seed,
@@ -82,7 +83,9 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
     """One row per split for the student ``key``. ``teachers`` is the manifest holding the teacher when
     ``manifest`` does not (a run's own models folder holds only the run's models and the detector)."""
     from converters import datasets
-    from research import train_nns
+    from research.data import split_identities
+    from research.teacher import teacher_embeddings
+    from research.verification import verification_metrics, verification_pairs
 
     entry = manifest.entry(key)
     training = _training(entry)
@@ -90,14 +93,13 @@ def measure(key: str, manifest, faces: Optional[Sequence] = None, *, seed: int =
     teacher = (manifest if teachers is None or teacher_key in manifest.models else teachers).entry(teacher_key)
     faces = list(faces) if faces is not None else datasets.load_train_faces()
     labels = np.asarray([f.identity for f in faces])
-    split = train_nns.split_identities(list(labels), val_fraction, training.get("fraction", 1.0), seed)
+    split = split_identities(list(labels), val_fraction, training.get("fraction", 1.0), seed)
     rows = []
     for name, index in zip(SPLITS, (sample_identities(faces, split.train, trained_identities, seed), split.val)):
         chosen = [faces[i] for i in index]
-        pairs = train_nns.verification_pairs(labels[index], seed)
-        student = train_nns.verification_metrics(
-            train_nns.teacher_embeddings(chosen, entry, desc=f"{key} {name}"), pairs)
-        reference = train_nns.verification_metrics(teacher_reference(chosen, teacher, training, name), pairs)
+        pairs = verification_pairs(labels[index], seed)
+        student = verification_metrics(teacher_embeddings(chosen, entry, desc=f"{key} {name}"), pairs)
+        reference = verification_metrics(teacher_reference(chosen, teacher, training, name), pairs)
         rows.append(GapRow(key, entry.fields["source"]["run"], name, len(np.unique(labels[index])), len(index),
                            student["pairs"], student["accuracy"], student["auc"], reference["accuracy"],
                            reference["auc"]))
@@ -155,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from converters import datasets
     from edge.manifest import Manifest
-    from research.train_nns import run_models
+    from research.run_folder import run_models
 
     if args.identities < 2:
         raise ValueError(f"--identities must be >= 2, got {args.identities}")

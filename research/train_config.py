@@ -21,12 +21,13 @@ RESUME_OVERRIDES = ("epochs", "threads")
 # TrainConfig fields whose command-line option is not --<field-with-dashes>.
 OPTION_NAMES = {"learning_rate": "--lr"}
 # A run folder keeps its own exported models, wherever --out copied them: the files in EXPORT_DIR, their manifest
-# entries in EXPORT_ENTRIES (train_nns writes them; train_nns.run_models, compare-runs and fit-gap read them).
+# entries in EXPORT_ENTRIES (research.export writes them; research.run_folder.run_models, compare-runs and
+# fit-gap read them).
 EXPORT_DIR, EXPORT_ENTRIES = "export", "export.json"
 # Issue 6: int8 may cost at most this much LFW accuracy against the float model it was quantized from.
 MAX_INT8_LFW_LOSS_POINTS = 0.3
 # How model cards name the distillation targets that the held-out teacher accuracy is measured with
-# (train_nns.teacher_target); fit-gap reads them back to reproduce that accuracy.
+# (research.teacher.teacher_target); fit-gap reads them back to reproduce that accuracy.
 CLEAN_TARGET = "the teacher's embedding of the clean face"
 FLIP_TARGET = "the mean of the teacher's embeddings of the clean face and of its mirror image"
 TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float", "dlib_resnet")
@@ -34,7 +35,7 @@ TEACHER_PREFERENCE = ("mobilefacenet_float", "mobilefacenet", "dlib_resnet_float
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Probabilities and ranges of the door-camera augmentations (see the module docstring)."""
+    """Probabilities and ranges of the door-camera augmentations (see :mod:`research.augment`)."""
 
     flip: float = 0.5
     max_rotation_deg: float = 8.0

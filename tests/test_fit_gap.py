@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from edge.manifest import Manifest
-from research import fit_gap, train_nns
+from research import fit_gap, run_folder
+from research.train_config import EXPORT_DIR, EXPORT_ENTRIES
 
 TRAINED_IDENTITIES = 20
 
@@ -58,9 +59,9 @@ def test_fit_gap_measures_several_models_folders_on_the_same_samples(manifest, s
     shutil.copyfile(entry.path, folder / entry.path.name)
     (folder / "manifest.json").write_text(json.dumps({"models": {"nns2": fields["run-a"]}}), encoding="utf-8")
     run_dir = tmp_path / "run-b"
-    (run_dir / train_nns.EXPORT_DIR).mkdir(parents=True)
-    shutil.copyfile(entry.path, run_dir / train_nns.EXPORT_DIR / entry.path.name)
-    (run_dir / train_nns.EXPORT_ENTRIES).write_text(json.dumps({"nns2": fields["run-b"]}), encoding="utf-8")
+    (run_dir / EXPORT_DIR).mkdir(parents=True)
+    shutil.copyfile(entry.path, run_dir / EXPORT_DIR / entry.path.name)
+    (run_dir / EXPORT_ENTRIES).write_text(json.dumps({"nns2": fields["run-b"]}), encoding="utf-8")
     parser = argparse.ArgumentParser()
     fit_gap.add_arguments(parser)
     args = parser.parse_args(["--keys", "nns2", "--identities", str(TRAINED_IDENTITIES), "--models", str(folder),
@@ -87,10 +88,10 @@ def test_a_run_that_has_not_exported_is_named(tmp_path):
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"export\.json not found: .*nns1-unfinished.*--resume"):
-        train_nns.run_models(run_dir)
+        run_folder.run_models(run_dir)
     (run_dir / "export.json").write_text('{"nns1": ', encoding="utf-8")  # cut off mid-write
     with pytest.raises(ValueError, match=r"export\.json is not valid JSON.*--resume"):
-        train_nns.run_models(run_dir)
+        run_folder.run_models(run_dir)
     (run_dir / "export.json").write_text("[]", encoding="utf-8")
     with pytest.raises(ValueError, match=r"expected \{key: manifest entry\}, found list"):
-        train_nns.run_models(run_dir)
+        run_folder.run_models(run_dir)

@@ -1,4 +1,4 @@
-"""NNS1/NNS2 (:mod:`research.nns`) and their training (:mod:`research.train_nns`).
+"""NNS1/NNS2 (:mod:`research.nns`) and their training (:mod:`research.train_nns` and the modules it uses).
 
 The architectures must fit FaceNet's budgets with int8/EdgeTPU-friendly layers only; a tiny NNS2 trained for a few
 steps on real aligned train-faces (4 identities × 8) must lower its loss, and its int8 export must parse as fully
@@ -13,10 +13,18 @@ import json
 import numpy as np
 import pytest
 
+from converters import datasets
 from converters.quantize import tflite_tools
 from edge.manifest import Manifest
 from research import landmark_check, nns, train_config
 from research import train_nns as T
+from research.augment import augment, mirror
+from research.batches import batches, identity_table
+from research.data import CACHE_SUBDIR, align_all, data_digest, normalise, split_identities
+from research.export import export_models, int8_loss_warning, manifest_entries, run_tflite
+from research.losses import semi_hard_triplet_loss
+from research.prepare import prepare
+from research.teacher import cached_teacher_views, teacher_embeddings
 
 TINY_INPUT = (64, 56, 3)  # (h, w, c)
 TINY_WIDTH = 0.25
@@ -89,8 +97,8 @@ def test_alignment_template_scales_arcface():
 
 def test_identity_split_is_disjoint_and_nested():
     identities = [f"id{i // 5}" for i in range(500)]
-    full = T.split_identities(identities, 0.05, 1.0, seed=0)
-    half = T.split_identities(identities, 0.05, 0.5, seed=0)
+    full = split_identities(identities, 0.05, 1.0, seed=0)
+    half = split_identities(identities, 0.05, 0.5, seed=0)
     ids = np.asarray(identities)
     assert not set(ids[full.train]) & set(ids[full.val])
     assert set(ids[half.val]) == set(ids[full.val])
@@ -107,7 +115,7 @@ def test_semi_hard_triplet_loss_matches_a_loop():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     labels = np.repeat(np.arange(4), 3).astype(np.int32)
     margin = 0.2
-    loss, active = T.semi_hard_triplet_loss(tf.constant(emb), tf.constant(labels), margin)
+    loss, active = semi_hard_triplet_loss(tf.constant(emb), tf.constant(labels), margin)
     d = np.maximum(2 - 2 * emb @ emb.T, 0)
     expected = []
     for a in range(12):
@@ -125,7 +133,7 @@ def test_semi_hard_triplet_loss_matches_a_loop():
 def test_augment_keeps_shape_and_changes_pixels():
     rng = np.random.default_rng(1)
     chip = rng.integers(0, 256, (140, 116, 3), dtype=np.uint8)
-    outs = [T.augment(chip, rng, T.Augmentation()) for _ in range(4)]
+    outs = [augment(chip, rng, train_config.Augmentation()) for _ in range(4)]
     assert all(o.shape == chip.shape and o.dtype == np.uint8 for o in outs)
     assert all(np.abs(o.astype(int) - chip).mean() > 1 for o in outs)
 
@@ -183,10 +191,10 @@ def test_mirror_moves_the_landmarks_with_the_pixels():
     landmarks = np.array([[8.0, 12.0], [20.0, 12.0], [14.0, 20.0], [10.0, 28.0], [19.0, 28.0]])
     for x, y in landmarks.astype(int):
         image[y, x] = 255
-    flipped, moved = T.mirror(image, landmarks)
+    flipped, moved = mirror(image, landmarks)
     assert all(flipped[int(y), int(x)].all() for x, y in moved)  # each point still sits on its pixel
     assert moved[0, 0] < moved[1, 0] and moved[3, 0] < moved[4, 0]  # "left" is still the image's left
-    again, back = T.mirror(flipped, moved)
+    again, back = mirror(flipped, moved)
     assert np.array_equal(again, image) and np.allclose(back, landmarks)
 
 
@@ -232,7 +240,7 @@ def test_command_line_config_round_trips_through_config_json():
 
 @pytest.mark.convert
 def test_checkpoint_round_trip(tmp_path):
-    cfg = T.TrainConfig(width=TINY_WIDTH)
+    cfg = train_config.TrainConfig(width=TINY_WIDTH)
     models = []
     for _ in range(2):
         student = nns.build(TINY_ARCH, TINY_INPUT, width=TINY_WIDTH)
@@ -259,7 +267,7 @@ def test_checkpoint_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_faces(shared_data):
     """4 identities × 8 real train-faces rows (the first identities with at least 8 faces)."""
-    faces = T.datasets.load_train_faces(shared_data / "train-faces")
+    faces = datasets.load_train_faces(shared_data / "train-faces")
     by_identity: dict = {}
     for face in faces:
         by_identity.setdefault(face.identity, []).append(face)
@@ -272,8 +280,8 @@ def test_the_teacher_sees_a_mirrored_face_as_the_same_face(tiny_faces):
     it close to the original, and well above the cosine it gives another person."""
     entry = Manifest.load().entry(TEACHER_KEY)
     faces = tiny_faces[::TINY_PER_IDENTITY]  # one face of each identity
-    plain = T.teacher_embeddings(faces, entry, num_threads=1)
-    mirrored = T.teacher_embeddings(faces, entry, num_threads=1, mirrored=True)
+    plain = teacher_embeddings(faces, entry, num_threads=1)
+    mirrored = teacher_embeddings(faces, entry, num_threads=1, mirrored=True)
     same = np.sum(plain * mirrored, axis=1)
     others = plain @ plain.T
     assert same.min() > 0.7, same
@@ -290,22 +298,23 @@ def test_teacher_views_are_the_teachers_embedding_of_the_view_the_student_sees(t
     entry = Manifest.load().entry(TEACHER_KEY)
     size = (TINY_INPUT[1], TINY_INPUT[0])
     template = nns.alignment_template(size)
-    chips = T.align_all(tiny_faces, template, size)
-    aug, views = T.Augmentation(), 3
-    digest = T.data_digest(tiny_faces)
-    view_targets = T.cached_teacher_views(chips, template, entry, views, 0, aug, digest)
+    chips = align_all(tiny_faces, template, size)
+    aug, views = train_config.Augmentation(), 3
+    digest = data_digest(tiny_faces)
+    view_targets = cached_teacher_views(chips, template, entry, views, 0, aug, digest)
     assert view_targets.shape == (len(tiny_faces), views, 192)
     assert np.allclose(np.linalg.norm(view_targets, axis=2), 1.0, atol=1e-4)
-    assert len(list((tmp_path / "cache" / T.CACHE_SUBDIR).glob("teacher-views-*.npz"))) == 1
-    np.testing.assert_array_equal(T.cached_teacher_views(chips, template, entry, views, 0, aug, digest),
+    assert len(list((tmp_path / "cache" / CACHE_SUBDIR).glob("teacher-views-*.npz"))) == 1
+    np.testing.assert_array_equal(cached_teacher_views(chips, template, entry, views, 0, aug, digest),
                                   view_targets)
 
     teacher = Embedder(entry, num_threads=1)
     labels = np.asarray([f.identity for f in tiny_faces])
-    members, weights = T.identity_table(labels, np.arange(len(tiny_faces)))
-    cfg = T.TrainConfig(batch_identities=TINY_IDENTITIES, per_identity=TINY_PER_IDENTITY, teacher_views=views)
-    targets = T.teacher_embeddings(tiny_faces, entry, num_threads=1)  # the clean faces': ignored with views
-    images, batch_targets, _ = next(T.batches(chips, targets, members, weights, cfg, 1, seed=5,
+    members, weights = identity_table(labels, np.arange(len(tiny_faces)))
+    cfg = train_config.TrainConfig(batch_identities=TINY_IDENTITIES, per_identity=TINY_PER_IDENTITY,
+                                   teacher_views=views)
+    targets = teacher_embeddings(tiny_faces, entry, num_threads=1)  # the clean faces': ignored with views
+    images, batch_targets, _ = next(batches(chips, targets, members, weights, cfg, 1, seed=5,
                                               view_targets=view_targets))
     pixels = np.clip(np.rint(images * nns.PIXEL_STD + nns.PIXEL_MEAN), 0, 255).astype(np.uint8)
     seen = teacher.embed_chips(np.stack([teacher.align(p, template) for p in pixels]))
@@ -314,7 +323,7 @@ def test_teacher_views_are_the_teachers_embedding_of_the_view_the_student_sees(t
     assert all((rows == target).all(axis=1).any() for target in batch_targets)  # cached views' rows, not re-run
 
     # An augmented view is still its own person to the teacher: nearer its clean face than any other identity's.
-    clean = T.teacher_embeddings(tiny_faces, entry, num_threads=1)
+    clean = teacher_embeddings(tiny_faces, entry, num_threads=1)
     to_clean = np.einsum("nvd,md->nvm", view_targets, clean)
     own = to_clean[np.arange(len(tiny_faces)), :, np.arange(len(tiny_faces))]
     other = labels[:, None] != labels[None, :]
@@ -329,10 +338,11 @@ def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
     from edge.manifest import Manifest
 
     monkeypatch.setenv("DOORFACE_CACHE", str(tmp_path / "cache"))
-    cfg = T.TrainConfig(width=TINY_WIDTH, batch_identities=TINY_IDENTITIES, per_identity=TINY_PER_IDENTITY,
-                        learning_rate=3e-3, warmup_epochs=0.0, epochs=1, teacher=TEACHER_KEY,
-                        augmentation=dataclasses.replace(T.Augmentation(), flip=0.0))
-    prepared = T.prepare(cfg, Manifest.load(), input_shape=TINY_INPUT, faces=tiny_faces)
+    cfg = train_config.TrainConfig(width=TINY_WIDTH, batch_identities=TINY_IDENTITIES,
+                                   per_identity=TINY_PER_IDENTITY, learning_rate=3e-3, warmup_epochs=0.0, epochs=1,
+                                   teacher=TEACHER_KEY,
+                                   augmentation=dataclasses.replace(train_config.Augmentation(), flip=0.0))
+    prepared = prepare(cfg, Manifest.load(), input_shape=TINY_INPUT, faces=tiny_faces)
     assert prepared.chips.shape == (len(tiny_faces), *TINY_INPUT)
     assert np.allclose(np.linalg.norm(prepared.targets, axis=1), 1.0, atol=1e-4)
 
@@ -340,12 +350,12 @@ def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
     head = T.make_head(prepared.targets.shape[1])
     step = T.make_train_step(student, head, T.make_optimizer(cfg, TINY_STEPS), cfg)
     labels = np.repeat(np.arange(TINY_IDENTITIES), TINY_PER_IDENTITY).astype(np.int32)
-    images = T.normalise(prepared.chips)
+    images = normalise(prepared.chips)
     losses = [float(step(images, prepared.targets, labels)["loss"]) for _ in range(TINY_STEPS)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-LOSS_WINDOW:]) < 0.8 * np.mean(losses[:LOSS_WINDOW]), losses
 
-    int8, float_model = T.export_models(student, TINY_ARCH, TINY_INPUT, TINY_WIDTH, images)
+    int8, float_model = export_models(student, TINY_ARCH, TINY_INPUT, TINY_WIDTH, images)
     report = tflite_tools.inspect_model(int8)
     assert report.fully_int8, report.float_ops
     assert set(report.ops) <= tflite_tools.EDGETPU_OPS
@@ -355,11 +365,11 @@ def test_tiny_nns2_trains_and_exports_int8(tiny_faces, tmp_path, monkeypatch):
     out.mkdir()
     for name, content in (("nns2_int8.tflite", int8), ("nns2_float.tflite", float_model)):
         (out / name).write_bytes(content)
-    agreement = np.sum(T.run_tflite(int8, images) * T.run_tflite(float_model, images), axis=1)
+    agreement = np.sum(run_tflite(int8, images) * run_tflite(float_model, images), axis=1)
     assert agreement.mean() > 0.9
     provenance = {"model": {"params": 1, "macs": 1, "flops": 2}, "source": {"teacher": TEACHER_KEY},
                   "training": {}, "calibration_faces": len(images)}
-    entries = T.manifest_entries("nns2", int8, float_model, TINY_INPUT, provenance, agreement, "compatible")
+    entries = manifest_entries("nns2", int8, float_model, TINY_INPUT, provenance, agreement, "compatible")
     (out / "manifest.json").write_text(json.dumps({"models": entries}), encoding="utf-8")
     for key in ("nns2", "nns2_float"):
         embedder = Embedder(Manifest.load(out).entry(key), num_threads=1)
@@ -404,8 +414,8 @@ def test_int8_lfw_loss_over_the_limit_is_warned():
     with_4000 = {"models": {"nns1": {"accuracy_mean": 0.93283}, "nns1_float": {"accuracy_mean": 0.93333}}}
     loss = evaluate_lfw.int8_loss_points(with_2000, manifest, "nns1")  # pairs nns1 with its float_reference
     assert loss == pytest.approx(0.40)
-    warning = T.int8_loss_warning("nns1", loss)
+    warning = int8_loss_warning("nns1", loss)
     assert warning and "0.40 pt" in warning and "CALIBRATION_FACES" in warning
-    assert T.int8_loss_warning("nns1", evaluate_lfw.int8_loss_points(with_4000, manifest, "nns1")) is None
+    assert int8_loss_warning("nns1", evaluate_lfw.int8_loss_points(with_4000, manifest, "nns1")) is None
     no_reference = evaluate_lfw.int8_loss_points(with_2000, manifest, "nns1_float")  # a float model has none
-    assert no_reference is None and T.int8_loss_warning("nns1_float", no_reference) is None
+    assert no_reference is None and int8_loss_warning("nns1_float", no_reference) is None
