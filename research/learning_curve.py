@@ -4,13 +4,14 @@ Each run folder (``runs/<arch>-<timestamp>/``, see :mod:`research.train_nns`) ho
 training identities it kept, the faces that made) and its LFW result. The runs must be of one architecture and
 one schedule (epochs), so that only the data differs; a smaller share then also means fewer steps, as it would
 for anyone training on less data, unless ``--steps-per-epoch`` held the steps equal. The report says what each
-doubling of the data bought, on LFW and on the run's held-out train-faces identities (the same for every share), which
-is what a model card needs to say what more data would buy, and whether it buys more on faces like the training
-ones than on others.
+doubling of the data bought, on LFW and on the run's held-out train-faces identities (the same for every share): what
+more data would buy, and whether it buys more on faces like the training ones than on others.
 
-Writes ``<out>/<arch>_learning_curve.{json,md,png}`` (default ``reports/``) and, with ``--record``, the gain per
-doubling into the manifest entry (and card) of the runs' model key; runs that all took the same number of
-optimiser steps (``--steps-per-epoch``) make an iso-step curve, written as ``<arch>_learning_curve_same_steps``.
+Writes ``<out>/<arch>_learning_curve.{json,md,png}`` (default ``reports/``): the points and both gains per doubling;
+runs that all took the same number of optimiser steps (``--steps-per-epoch``) make an iso-step curve, written as
+``<arch>_learning_curve_same_steps``. The curve is a research report, measured on runs other than the shipped
+model's: it stays in ``reports/`` (docs/research.md shows it) and out of the manifest and the model cards, which
+hold what the runtime and a model's provenance need.
 """
 
 from __future__ import annotations
@@ -171,41 +172,10 @@ def write(points: Sequence[CurvePoint], out: Path, name: Optional[str] = None) -
     return paths
 
 
-def card_fields(points: Sequence[CurvePoint], report: Path) -> dict:
-    """What the curve says about more data, for the model card of the curve's manifest key."""
-    steps = {p.steps for p in points}
-    return {
-        "gain_per_doubling_points": round(100 * gain_per_doubling(points), 2),
-        "held_out_gain_per_doubling_points": round(100 * gain_per_doubling(points, "val_accuracy"), 2),
-        "train_faces": [p.train_faces for p in points],
-        "lfw_int8": [round(p.lfw_int8, 5) for p in points],
-        "held_out_accuracy": [round(p.val_accuracy, 5) for p in points],
-        "steps": steps.pop() if len(steps) == 1 else [p.steps for p in points],
-        "from": f"train-nns runs of {points[0].arch} at {points[0].epochs} epochs on nested shares of the training "
-                "identities (not the shipped model's own schedule)",
-        "report": report.as_posix(),
-    }
-
-
-def record(points: Sequence[CurvePoint], models_dir: Path, report: Path) -> str:
-    """Merge :func:`card_fields` into the curve's manifest entry (field ``learning_curve`` or
-    ``learning_curve_same_steps``) and regenerate its card; returns the key."""
-    from converters import manifest_io
-
-    key = points[0].key
-    field = "learning_curve_same_steps" if same_steps(points) else "learning_curve"
-    manifest_io.merge_fields(Path(models_dir), {key: {field: card_fields(points, report)}})
-    return key
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="finished train-nns run folders of one architecture and schedule")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
-    parser.add_argument("--record", action="store_true",
-                        help="also write the gain per doubling into the manifest entry and card of the runs' model")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="models folder for --record (default: the shipped quantized_models)")
 
 
 def main(args) -> int:
@@ -213,9 +183,4 @@ def main(args) -> int:
     paths = write(points, args.out)
     print(markdown(points))
     print("written: " + ", ".join(str(p) for p in paths.values()))
-    if args.record:
-        from edge.manifest import default_models_dir
-
-        key = record(points, args.models or default_models_dir(), paths["md"])
-        print(f"recorded in the manifest entry and card of {key}")
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from edge.manifest import MODELS_ENV, Manifest
+from research import cli
 from research import learning_curve as LC
 
 
@@ -63,20 +64,42 @@ def test_runs_of_equal_steps_make_an_iso_step_curve(tmp_path):
     assert json.loads(paths["json"].read_text())["held_out_gain_per_doubling"] == pytest.approx(0.05)
 
 
-def test_record_puts_the_gain_on_the_model_card(tmp_path):
+@pytest.mark.convert
+def test_the_curve_goes_into_the_report_and_no_models_folder(tmp_path, monkeypatch, capsys):
+    """The learning curve is a research report: the command writes the gain per doubling into its JSON under
+    --out and leaves the models folder alone; --record, which merged it into the manifest and cards, is gone."""
     runs = [_run(tmp_path, "full", fraction=1.0, faces=8000, accuracy=0.80, steps=125, val=0.82),
             _run(tmp_path, "quarter", fraction=0.25, faces=2000, accuracy=0.74, steps=125, val=0.72)]
     models = tmp_path / "models"
     models.mkdir()
-    (models / "manifest.json").write_text(json.dumps({"models": {"nns2": {"file": "nns2_int8.tflite"}}}))
-    assert LC.record(LC.collect(runs), models, Path("reports/nns2_learning_curve_same_steps.md")) == "nns2"
-    entry = json.loads((models / "manifest.json").read_text())["models"]["nns2"]
-    assert entry["file"] == "nns2_int8.tflite"  # the other fields stay
-    curve = entry["learning_curve_same_steps"]
-    assert curve["gain_per_doubling_points"] == 3.0 and curve["train_faces"] == [2000, 8000] and curve["steps"] == 2500
-    assert curve["held_out_gain_per_doubling_points"] == 5.0 and curve["held_out_accuracy"] == [0.72, 0.82]
-    card = (models / "cards" / "nns2.md").read_text()
-    assert "## learning curve same steps" in card and "| gain_per_doubling_points | 3 |" in card
+    manifest = models / "manifest.json"
+    manifest.write_text(json.dumps({"models": {"nns2": {"file": "nns2_int8.tflite"}}}))
+    before = manifest.read_bytes()
+    monkeypatch.setenv(MODELS_ENV, str(models))
+    out = tmp_path / "reports"
+    assert cli.main(["learning-curve", *map(str, runs), "--out", str(out)]) == 0
+    report = json.loads((out / "nns2_learning_curve_same_steps.json").read_text())
+    assert report["gain_per_doubling"] == pytest.approx(0.03)
+    assert report["held_out_gain_per_doubling"] == pytest.approx(0.05)
+    assert [(p["train_faces"], p["steps"], p["val_accuracy"]) for p in report["points"]] == [
+        (2000, 2500, 0.72), (8000, 2500, 0.82)]
+    assert manifest.read_bytes() == before and [p.name for p in models.iterdir()] == ["manifest.json"]
+    with pytest.raises(SystemExit):
+        cli.main(["learning-curve", *map(str, runs), "--out", str(out), "--record"])
+    assert "unrecognized arguments: --record" in capsys.readouterr().err
+
+
+def test_the_shipped_models_carry_their_provenance_but_no_learning_curve():
+    """The manifest and cards hold what the runtime and a model's provenance need (the recipe it trained with);
+    learning curves, measured on other runs, live in reports/."""
+    manifest = Manifest.load()
+    for key in manifest.models:
+        entry = manifest.entry(key)
+        assert not [f for f in entry.fields if f.startswith("learning_curve")], key
+        card = (entry.path.parent / "cards" / f"{key}.md").read_text(encoding="utf-8")
+        assert "## learning curve" not in card, key
+    for key in ("nns1", "nns2"):
+        assert {"epochs", "loss", "train_faces"} <= set(manifest.entry(key).fields["training"]), key
 
 
 def test_runs_must_share_arch_and_schedule(tmp_path):
