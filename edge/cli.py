@@ -132,9 +132,6 @@ def _cmd_compare(args) -> int:
     return EXIT_SOME_INPUTS_FAILED if failures else EXIT_OK
 
 
-SUMMARY_STAGES = ("detect", "align", "embed", "match", "track")
-
-
 def _load_runtime_config(args):
     """The config with the command line's overrides (--source, --gallery, --no-mqtt, --mqtt-host/port) applied."""
     from dataclasses import replace
@@ -170,13 +167,17 @@ def _print_event(event) -> None:
 
 
 def _print_summary(summary, recognizer) -> None:
+    from edge.motion import FULL, IDLE, WINDOW
+    from edge.pipeline import STAGES
+
     stats = recognizer.stats()
     stages = stats["ms_per_detected_frame"]
     counts = stats["counts"]
     rejected = {k[len("rejected_"):]: v for k, v in counts.items() if k.startswith("rejected_")}
     print(f"doorface: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
           f"{summary.events} events; ms per detection frame: "
-          + ", ".join(f"{k} {stages[k]:.1f}" for k in SUMMARY_STAGES)
+          + ", ".join(f"{k} {stages[k]:.1f}" for k in STAGES)
+          + "; searched " + ", ".join(f"{kind} {counts.get(f'search_{kind}', 0)}" for kind in (FULL, WINDOW, IDLE))
           + f"; faces {counts.get('faces', 0)}, embedded {counts.get('embedded', 0)}"
           + (", rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else ""),
           file=sys.stderr)

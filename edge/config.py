@@ -145,6 +145,27 @@ class TrackerConfig:
 
 
 @dataclass(frozen=True)
+class MotionConfig:
+    """Look for motion before faces: an idle door skips the detector, a busy one searches around what moved."""
+
+    enabled: bool = _field(True, "search for faces only where something moved or a face is followed (and the whole "
+                                 "frame every full_frame_every seconds); off: the whole frame every time")
+    full_frame_every: float = _field(2.0, "seconds between two searches of the whole frame, motion or not: the "
+                                          "longest a face that arrived without moving can go unseen",
+                                     low=0.0, high=60.0)
+    width: int = _field(160, "width of the grey copy of the frame that motion is looked for in, pixels",
+                        low=32, high=1280)
+    threshold: int = _field(15, "grey-level change (0-255) of a pixel between two frames that counts as motion",
+                            low=1, high=255)
+    min_area: float = _field(0.002, "share of the frame that must change before it counts as motion (below: "
+                                    "noise, flicker)", low=0.0, high=1.0)
+    pad: int = _field(48, "pixels the search window reaches at least beyond motion and followed faces",
+                      low=0, high=2000)
+    margin: float = _field(0.25, "and beyond that, this share of the longer side of what it covers", low=0.0,
+                           high=4.0)
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     margin: float = _field(0.02, "smallest distance gap between the best and second-best person to accept the "
                                  "best", low=0.0, high=2.0)
@@ -260,6 +281,8 @@ class Config:
     camera: CameraConfig = field(default_factory=CameraConfig, metadata={"description": "frame source"})
     quality: QualityConfig = field(default_factory=QualityConfig, metadata={"description": "which faces to embed"})
     tracker: TrackerConfig = field(default_factory=TrackerConfig, metadata={"description": "tracks and votes"})
+    motion: MotionConfig = field(default_factory=MotionConfig, metadata={"description": "where to search for "
+                                                                                          "faces"})
     match: MatchConfig = field(default_factory=MatchConfig, metadata={"description": "gallery matching"})
     gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"description": "enrolled persons"})
     enroll: EnrollConfig = field(default_factory=EnrollConfig, metadata={"description": "enrolling from a video or "

@@ -77,6 +77,11 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def shifted(self, dx: float, dy: float) -> Detections:
+        """The same faces in a frame where this image's top left corner sits at ``(dx, dy)``."""
+        offset = np.array([dx, dy], dtype=np.float32)
+        return Detections(self.boxes + np.tile(offset, 2), self.scores, self.landmarks + offset)
+
     def __iter__(self) -> Iterator[Face]:
         return iter(self.faces)
 

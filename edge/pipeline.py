@@ -1,9 +1,10 @@
-"""One frame through the rooms: detect → quality gate → align → embed → match → track/vote → events.
+"""One frame through the rooms: motion → detect → quality gate → align → embed → match → track/vote → events.
 
 :class:`Recognizer` holds the stage objects and owns no I/O: frames come in, :class:`FrameResult` values (with the
 events decided on that frame) go out. Reading a camera and publishing are the caller's (``edge.runner``).
 Faces of tracks that are already decided are followed but not embedded: after the first second of a visit the
-pipeline costs little more than detection.
+pipeline costs little more than detection, and detection itself runs only where something moved or a face is
+followed (:mod:`edge.motion`): an idle door costs a frame difference.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from edge import quality
+from edge import motion, quality
 from edge.config import Config
 from edge.events import Departure, Event
+from edge.faces import Detections
 from edge.matcher import Match, Matcher
 from edge.sources import Frame
 from edge.tracker import Decision, Tracker
 
-STAGES = ("detect", "align", "embed", "match", "track")
+STAGES = ("motion", "detect", "align", "embed", "match", "track")
 CROP_JPEG_QUALITY = 85
 
 
@@ -65,6 +67,7 @@ class Recognizer:
         self.tracker = tracker
         self.quality = config.quality
         self.detect_every = config.tracker.detect_every
+        self.motion = motion.MotionGate(config.motion)
         self.camera = config.camera.name
         self.keep_crops = keep_crops
         self._clock = clock
@@ -80,8 +83,12 @@ class Recognizer:
             return FrameResult(frame.index, frame.timestamp, False, (), ())
         self.counts["detected_frames"] += 1
         image = frame.image
+        start = self._clock()
+        area = self.motion.plan(image, frame.timestamp, self.tracker.boxes().values())
         t0 = self._clock()
-        detections = self.detector(image)
+        self.seconds["motion"] += t0 - start
+        self.counts[f"search_{area.kind}"] += 1
+        detections = self._detect(image, area)
         t1 = self._clock()
         self.seconds["detect"] += t1 - t0
         assigned = self.tracker.assign(detections.boxes)
@@ -125,6 +132,14 @@ class Recognizer:
         )
         departures = tuple(Departure(self.camera, name, seen) for name, seen in update.departed)
         return FrameResult(frame.index, frame.timestamp, True, faces, events, departures)
+
+    def _detect(self, image: np.ndarray, area: motion.SearchArea) -> Detections:
+        if area.kind == motion.IDLE:
+            return Detections.empty()
+        if area.kind == motion.FULL:
+            return self.detector(image)
+        x1, y1, x2, y2 = area.box
+        return self.detector(np.ascontiguousarray(image[y1:y2, x1:x2])).shifted(x1, y1)
 
     def finish(self) -> tuple[Event, ...]:
         """The source ended: decide the tracks still open."""
