@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +23,7 @@ from bench.bench_mtcnn import _graph_interpreter, count_macs
 from bench.machine import machine_info
 from converters import manifest_io
 from converters.datasets import load_train_faces
+from converters.quantize.tflite_tools import call_times_ms
 from edge.embedder import Embedder
 from edge.image_io import load_image
 from edge.manifest import Manifest
@@ -33,7 +33,6 @@ NAME = "embedder_latency"
 DEFAULT_INVOKES = 50
 FACES = 16
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-MS = 1e3
 
 
 def parameter_count(content: bytes) -> int:
@@ -56,11 +55,7 @@ def time_model(entry, threads: int, invokes: int) -> dict:
     embedder = Embedder(entry, num_threads=threads)
     chips = aligned_faces(embedder)
     embedder.embed_chips(chips[:2])  # warm-up
-    times = []
-    for i in range(invokes):
-        start = time.perf_counter()
-        embedder.embed_chips(chips[i % len(chips)][None])
-        times.append((time.perf_counter() - start) * MS)
+    times = call_times_ms(lambda i: embedder.embed_chips(chips[i % len(chips)][None]), invokes)
     return {"mean_ms": float(np.mean(times)), "median_ms": float(np.median(times)),
             "p90_ms": float(np.percentile(times, 90))}
 

@@ -57,7 +57,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -67,8 +66,8 @@ from tqdm import tqdm
 
 from converters import datasets, manifest_io
 from converters.fetch import npm_sources
-from converters.quantize import tflite_tools
 from converters.fetch.sources import sha256_file
+from converters.quantize import tflite_tools
 from edge import interpreter as tfl
 from edge.align import align_face, similarity_transform
 from edge.image_io import load_image
@@ -261,11 +260,6 @@ def build(weights: dict, batch_size: int = 1):
     return keras.Model(inputs, out, name="dlib_resnet")
 
 
-def normalise(chips: np.ndarray) -> np.ndarray:
-    """uint8 RGB chips → what the rebuilt model takes."""
-    return ((np.asarray(chips, np.float32) - PIXEL_MEAN) / PIXEL_STD).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------- numpy reference
 
 
@@ -456,17 +450,9 @@ def aligned_chips(faces: list, template: np.ndarray, desc: str) -> np.ndarray:
 
 
 def tflite_embeddings(content: bytes, chips: np.ndarray) -> np.ndarray:
-    """Raw (not normalised) float outputs of a converted model on uint8 chips, input quantized via its LUT."""
-    interp = tfl.make_interpreter(content, num_threads=1)
-    interp.allocate_tensors()
-    spec, out_spec = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
-    lut = tfl.pixel_lut(spec, PIXEL_MEAN, PIXEL_STD)
-    out = np.zeros((len(chips), EMBEDDING_DIM), np.float32)
-    for i, chip in enumerate(chips):
-        interp.set_tensor(spec.index, lut[chip][None])
-        interp.invoke()
-        out[i] = tfl.get_output(interp, out_spec).reshape(-1)
-    return out
+    """Raw (not normalised) float outputs of a converted model on uint8 chips, input quantized via its LUT (as the
+    runtime does)."""
+    return tflite_tools.run_batch1(content, chips, encoder=tflite_tools.pixel_input(PIXEL_MEAN, PIXEL_STD))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -476,17 +462,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def latency_ms(content: bytes, chip: np.ndarray, invokes: int = LATENCY_INVOKES) -> float:
     """Median ms per invoke at 1 thread (after one warm-up)."""
-    interp = tfl.make_interpreter(content, num_threads=1)
-    interp.allocate_tensors()
-    spec = tfl.input_specs(interp)[0]
-    interp.set_tensor(spec.index, tfl.pixel_lut(spec, PIXEL_MEAN, PIXEL_STD)[chip][None])
-    interp.invoke()
-    times = []
-    for _ in range(invokes):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    times = tflite_tools.invoke_times_ms(content, chip, invokes, warmup=1,
+                                         encoder=tflite_tools.pixel_input(PIXEL_MEAN, PIXEL_STD))
+    return float(np.median(times))
 
 
 def max_abs_diff(a, b) -> float:
@@ -556,7 +534,7 @@ def convert(out_dir: Path, cache: Optional[Path] = None, shared: Optional[Path] 
 
     model = build(weights, batch_size=None)
     check = held_out[:CHECK_SAMPLES]
-    ours = np.asarray(model(normalise(check), training=False))
+    ours = np.asarray(model(tflite_tools.normalise(check, PIXEL_MEAN, PIXEL_STD), training=False))
     numpy_ref = np.stack([reference_forward(weights, c) for c in tqdm(check, desc="numpy reference", leave=False)])
     node_ref = faceapi_reference(npm_sources.extract(FACE_API_NPM, ESM_BUNDLE, cache), manifest_path, check)
     float_checks = {
@@ -576,7 +554,7 @@ def convert(out_dir: Path, cache: Optional[Path] = None, shared: Optional[Path] 
     def representative():
         for chip in calibration:
             bar.update(1)
-            yield [normalise(chip[None])]
+            yield [tflite_tools.normalise(chip[None], PIXEL_MEAN, PIXEL_STD)]
 
     int8_bytes = tflite_tools.to_tflite(build(weights, batch_size=1), representative)
     bar.close()
@@ -588,7 +566,8 @@ def convert(out_dir: Path, cache: Optional[Path] = None, shared: Optional[Path] 
 
     float_out = tflite_embeddings(float_bytes, held_out)
     int8_out = tflite_embeddings(int8_bytes, held_out)
-    keras_held = np.asarray(model.predict(normalise(held_out), batch_size=25, verbose=0))
+    keras_held = np.asarray(model.predict(tflite_tools.normalise(held_out, PIXEL_MEAN, PIXEL_STD), batch_size=25,
+                                          verbose=0))
     cos = cosine(int8_out, float_out)
     float_checks["tflite_float_vs_keras_max_abs_diff"] = max_abs_diff(float_out, keras_held)
     agreement = {

@@ -18,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from converters import datasets, manifest_io
+from converters.build import mtcnn_keras as mk
 from converters.fetch import sources
 from converters.quantize import tflite_tools
-from converters.build import mtcnn_keras as mk
 from edge import interpreter as tfl
 from edge import mtcnn as cascade
 
@@ -43,22 +43,19 @@ DESCRIPTIONS = {
 }
 
 
-def normalise(pixels: np.ndarray) -> np.ndarray:
-    return ((pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).astype(np.float32)
-
-
 def keras_runners(models: dict) -> tuple[Callable, Callable, Callable]:
     """Float Keras nets as cascade stage runners (uint8 in, float out), for calibration and checks."""
 
     def pnet(image):
-        prob, offsets = models["pnet"](normalise(image)[None], training=False)
+        prob, offsets = models["pnet"](tflite_tools.normalise(image, PIXEL_MEAN, PIXEL_STD)[None], training=False)
         return np.asarray(prob)[0, ..., 1], np.asarray(offsets)[0]
 
     def crop_runner(name, widths):
         def run(crops):
             if len(crops) == 0:
                 return tuple(np.zeros((0,) if w == 2 else (0, w), np.float32) for w in widths)
-            outs = [np.asarray(o) for o in models[name](normalise(crops), training=False)]
+            inputs = tflite_tools.normalise(crops, PIXEL_MEAN, PIXEL_STD)
+            outs = [np.asarray(o) for o in models[name](inputs, training=False)]
             outs[0] = outs[0][:, 1]
             return tuple(outs)
 
@@ -101,7 +98,8 @@ def pnet_samples(images: list) -> list[np.ndarray]:
     """Every pyramid level of every image, normalised, as P-Net sees them."""
     samples = []
     for image in images:
-        samples.extend(normalise(level)[None] for _, level in cascade.Pyramid.build(image).for_pnet())
+        levels = cascade.Pyramid.build(image).for_pnet()
+        samples.extend(tflite_tools.normalise(level, PIXEL_MEAN, PIXEL_STD)[None] for _, level in levels)
     return samples
 
 
@@ -126,15 +124,9 @@ def crop_samples(images: list, runners, stage: str, limit: int) -> np.ndarray:
 
 def run_tflite(content: bytes, sample: np.ndarray) -> list[np.ndarray]:
     """Outputs of a TFLite model on one normalised sample (1, h, w, 3), dequantized, ordered by head width."""
-    interp = tfl.make_interpreter(content)
-    spec = tfl.input_specs(interp)[0]
-    if spec.shape != sample.shape:
-        interp.resize_tensor_input(spec.index, list(sample.shape), strict=False)
-    interp.allocate_tensors()
-    interp.set_tensor(spec.index, tfl.quantize(sample, spec))
-    interp.invoke()
-    outs = sorted(tfl.output_specs(interp), key=lambda s: s.shape[-1])
-    return [tfl.get_output(interp, s) for s in outs]
+    interp = tflite_tools.allocated(content, input_shape=sample.shape)
+    outputs = tflite_tools.run_once(interp, tfl.quantize(sample, tfl.input_specs(interp)[0]))
+    return sorted(outputs, key=lambda out: out.shape[-1])
 
 
 def agreement(float_model: bytes, int8_model: bytes, samples: list[np.ndarray]) -> dict:
@@ -184,9 +176,9 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
 
     # Float checks: our Keras nets vs the source package's own nets, and the int8-friendly rewrite vs faithful.
     check_inputs = {
-        "pnet": normalise(calib.images[0])[None],
-        "rnet": normalise(crop_samples(calib.images[:3], runners, "rnet", 64)),
-        "onet": normalise(crop_samples(calib.images[:3], runners, "onet", 64)),
+        "pnet": tflite_tools.normalise(calib.images[0], PIXEL_MEAN, PIXEL_STD)[None],
+        "rnet": tflite_tools.normalise(crop_samples(calib.images[:3], runners, "rnet", 64), PIXEL_MEAN, PIXEL_STD),
+        "onet": tflite_tools.normalise(crop_samples(calib.images[:3], runners, "onet", 64), PIXEL_MEAN, PIXEL_STD),
     }
     float_checks = {}
     for n in mk.NETS:
@@ -207,8 +199,10 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
 
     calib_sets = {"pnet": (pnet_samples(calib.split(False)), pnet_samples(calib.split(True)))}
     for stage, limit in (("rnet", MAX_RNET_CROPS), ("onet", MAX_ONET_CROPS)):
-        fit = normalise(crop_samples(calib.split(False), runners, stage, limit))
-        held = normalise(crop_samples(calib.split(True), runners, stage, limit // 3))
+        fit_crops = crop_samples(calib.split(False), runners, stage, limit)
+        held_crops = crop_samples(calib.split(True), runners, stage, limit // 3)
+        fit = tflite_tools.normalise(fit_crops, PIXEL_MEAN, PIXEL_STD)
+        held = tflite_tools.normalise(held_crops, PIXEL_MEAN, PIXEL_STD)
         calib_sets[stage] = ([c[None] for c in fit], [c[None] for c in held])
     step("calibration samples")
 

@@ -1,7 +1,8 @@
-"""Keras → TFLite (float or full-integer int8), and checks on a converted model's ops and tensors.
+"""Keras → TFLite (float or full-integer int8); the shared helpers that normalise pixels, run and time a converted
+model; and checks on a converted model's ops and tensors.
 
-The checks read the model through the TFLite interpreter only (no TensorFlow), so tests can run them on every
-shipped model.
+Everything but :func:`to_tflite` reads the model through the TFLite interpreter only (no TensorFlow), so tests and
+benches can run it on every shipped model.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -43,6 +45,96 @@ def to_tflite(model, representative: Optional[Callable[[], Iterable[list]]] = No
     return converter.convert()
 
 
+# ----------------------------------------------------------------------------------------- inputs and runs
+
+InputEncoder = Callable[[tfl.TensorSpec], Callable[[np.ndarray], np.ndarray]]
+"""Given a model's input spec, a function from one sample (no batch axis) to the input tensor's value."""
+
+
+def normalise(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 pixels → a model's float32 input ``(pixels - mean) / std``.
+
+    Every step is float32, mean and std included (a numpy float64 constant would otherwise promote the arithmetic
+    under NumPy 2), so calibration sets and checks are the same bits in every converter and in the research code.
+    """
+    return ((np.asarray(pixels, np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+
+
+def normalised_input(spec: tfl.TensorSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """Samples already normalised (float) → the input tensor: a batch axis added, quantized as ``spec`` says."""
+    return lambda sample: tfl.quantize(sample[None], spec)
+
+
+def pixel_input(mean: float, std: float) -> InputEncoder:
+    """uint8 pixel samples → the input tensor through the runtime's table ``q((p - mean) / std)`` (float64, as the
+    device computes it, which can differ from quantizing :func:`normalise`'s float32 in the last step)."""
+
+    def encoder(spec: tfl.TensorSpec) -> Callable[[np.ndarray], np.ndarray]:
+        table = tfl.pixel_lut(spec, mean, std)
+        return lambda pixels: table[pixels][None]
+
+    return encoder
+
+
+def allocated(model: bytes | Path, num_threads: int = 1, input_shape: Optional[tuple[int, ...]] = None) -> Any:
+    """An interpreter ready to invoke; a resizable input (P-Net's) first resized to ``input_shape`` if it differs."""
+    interp = tfl.make_interpreter(model, num_threads=num_threads)
+    if input_shape is not None:
+        spec = tfl.input_specs(interp)[0]
+        if spec.shape != tuple(input_shape):
+            interp.resize_tensor_input(spec.index, list(input_shape), strict=False)
+    interp.allocate_tensors()
+    return interp
+
+
+def run_once(interp: Any, model_input: np.ndarray) -> list[np.ndarray]:
+    """``model_input`` (already the input tensor's dtype and shape) through an allocated interpreter; every output
+    dequantized, in the interpreter's output order."""
+    interp.set_tensor(tfl.input_specs(interp)[0].index, model_input)
+    interp.invoke()
+    return [tfl.get_output(interp, spec) for spec in tfl.output_specs(interp)]
+
+
+def run_batch1(content: bytes, inputs: np.ndarray, num_threads: int = 1,
+               encoder: InputEncoder = normalised_input) -> np.ndarray:
+    """A batch-1 model on ``inputs`` one at a time (by default already normalised, quantized as the input says);
+    the first output dequantized, (N, width)."""
+    interp = allocated(content, num_threads)
+    encode = encoder(tfl.input_specs(interp)[0])
+    results = np.zeros((len(inputs), tfl.output_specs(interp)[0].shape[-1]), np.float32)
+    for i, x in enumerate(inputs):
+        results[i] = run_once(interp, encode(x))[0].reshape(-1)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+
+
+def call_times_ms(call: Callable[[int], object], calls: int) -> np.ndarray:
+    """Wall-clock milliseconds of ``call(i)`` for each i in ``range(calls)``; warming up is the caller's."""
+    times = np.zeros(calls)
+    for i in range(calls):
+        started = time.perf_counter()
+        call(i)
+        times[i] = (time.perf_counter() - started) * 1000.0
+    return times
+
+
+def invoke_times_ms(content: bytes, sample: np.ndarray, invokes: int, warmup: int, num_threads: int = 1,
+                    encoder: InputEncoder = normalised_input) -> np.ndarray:
+    """Milliseconds of each of ``invokes`` ``invoke()`` calls on one fixed sample, after ``warmup`` untimed ones
+    (the first invoke also plans the graph and packs weights)."""
+    interp = allocated(content, num_threads)
+    spec = tfl.input_specs(interp)[0]
+    interp.set_tensor(spec.index, encoder(spec)(sample))
+    for _ in range(warmup):
+        interp.invoke()
+    return call_times_ms(lambda _: interp.invoke(), invokes)
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+
+
 @dataclass(frozen=True)
 class ModelReport:
     ops: tuple[str, ...]
@@ -55,20 +147,6 @@ class ModelReport:
     @property
     def fully_int8(self) -> bool:
         return not self.float_ops and self.input_dtype in ("int8", "uint8")
-
-
-def run_batch1(content: bytes, inputs: np.ndarray, num_threads: int = 1) -> np.ndarray:
-    """A batch-1 model on already normalised inputs, one at a time (quantized as its input says); the outputs
-    dequantized, (N, width)."""
-    interp = tfl.make_interpreter(content, num_threads=num_threads)
-    interp.allocate_tensors()
-    spec, out = tfl.input_specs(interp)[0], tfl.output_specs(interp)[0]
-    results = np.zeros((len(inputs), out.shape[-1]), np.float32)
-    for i, x in enumerate(inputs):
-        interp.set_tensor(spec.index, tfl.quantize(x[None], spec))
-        interp.invoke()
-        results[i] = tfl.get_output(interp, out).reshape(-1)
-    return results
 
 
 def inspect_model(model: bytes | str | Path) -> ModelReport:
