@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from converters import datasets
 from converters.fetch import sources
+from converters.quantize import tflite_tools
 from edge.align import align_face
 from edge.image_io import load_image
 from research import nns
@@ -100,5 +101,5 @@ def cached_chips(faces: Sequence[datasets.TrainFace], template: np.ndarray, size
 
 
 def normalise(chips: np.ndarray) -> np.ndarray:
-    """uint8 RGB chips → the model's float input, ``(pixel - 127.5) / 128``."""
-    return ((np.asarray(chips, np.float32) - nns.PIXEL_MEAN) / nns.PIXEL_STD).astype(np.float32)
+    """uint8 RGB chips → the students' float input, ``(pixel - 127.5) / 128`` (the converters' one helper)."""
+    return tflite_tools.normalise(chips, nns.PIXEL_MEAN, nns.PIXEL_STD)
