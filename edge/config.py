@@ -159,9 +159,9 @@ class MotionConfig:
                             low=1, high=255)
     min_area: float = _field(0.002, "share of the frame that must change before it counts as motion (below: "
                                     "noise, flicker)", low=0.0, high=1.0)
-    pad: int = _field(48, "pixels the search window reaches at least beyond motion and followed faces",
+    pad: int = _field(32, "pixels the search window reaches at least beyond motion and followed faces",
                       low=0, high=2000)
-    margin: float = _field(0.25, "and beyond that, this share of the longer side of what it covers", low=0.0,
+    margin: float = _field(0.15, "and beyond that, this share of the longer side of what it covers", low=0.0,
                            high=4.0)
 
 

@@ -53,8 +53,9 @@ def test_a_small_box_gets_a_half_frame_window_holding_it_grown(box):
     assert x2 >= min(box[2] + 20, W) and y2 >= min(box[3] + 20, H)
 
 
-def test_a_box_wider_than_half_the_frame_gets_the_full_width():
-    assert motion.window_around((100, 100, 500, 150), 10, (H, W, 3))[::2] == (0, W)
+@pytest.mark.parametrize("box", [(100, 100, 500, 150), (100, 100, 150, 400)])
+def test_a_box_longer_than_half_a_side_gets_the_whole_frame(box):
+    assert motion.window_around(box, 10, (H, W, 3)) == (0, 0, W, H)
 
 
 def test_the_gate_searches_all_first_then_only_where_needed():
@@ -69,7 +70,7 @@ def test_the_gate_searches_all_first_then_only_where_needed():
     x1, y1, x2, y2 = followed.box
     assert x1 <= 500 - config.pad and x2 >= 560 + config.pad and y1 <= 50 - config.pad and y2 >= 120
     moving = noisy_door(rng)
-    moving[300:400, 40:120] = 255  # someone walks in bottom left
+    moving[330:390, 50:110] = 255  # something moves in bottom left
     window = gate.plan(moving, 0.3, [])
     assert window.kind == motion.WINDOW and window.box[0] == 0 and window.box[3] == H
     assert gate.plan(noisy_door(rng), 2.05, []).kind == motion.FULL  # full_frame_every after the last full search
