@@ -231,8 +231,9 @@ def markdown(rows: list[dict]) -> str:
     if baseline:
         lines[0] += (f" Baseline: commit `{rows[0]['baseline']['commit']}`, measured in the same run (its runs "
                      "interleaved with these).")
-        lines[2] = lines[2].replace("| fps |", "| fps | baseline fps |")
-        lines[3] += "---|"
+        lines[2] = lines[2].replace("| fps |", "| fps | baseline fps |").replace("| peak RSS |",
+                                                                               "| peak RSS | baseline RSS |")
+        lines[3] += "---|---|"
     for r in rows:
         s = r["stage_ms"]
         fps = f"**{r['fps']:.1f}**"
@@ -242,7 +243,9 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['video']} | {r['frame_size'][0]}×{r['frame_size'][1]} | {r['threads']} | "
             f"{r['faces_per_frame']:.1f} | {fps} | {r['ms_per_frame']:.1f} | {s['motion']:.2f} | {s['detect']:.1f} | "
             f"{s['align']:.1f} | {s['embed']:.1f} | {s['match']:.2f} | {s['track']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} MB | {r['startup_s']:.2f} s |")
+            f"{r['peak_rss_mb']:.0f} MB | "
+            + (f"{r['baseline']['peak_rss_mb']:.0f} MB | " if baseline else "")
+            + f"{r['startup_s']:.2f} s |")
     lines.append("")
     lines.append("Stage columns are milliseconds per frame; start-up is from process start to the first frame's "
                  "faces matched against an existing gallery (best of the repeats); peak RSS is the worst of them.")
@@ -280,7 +283,8 @@ def main(argv=None) -> int:
                 best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
                 best["startup_s"] = min(startup(video, threads, gallery) for _ in range(args.repeats))
                 if base is not None:
-                    best["baseline"] = {"commit": base[1], "fps": max(r["fps"] for r in base_runs)}
+                    best["baseline"] = {"commit": base[1], "fps": max(r["fps"] for r in base_runs),
+                                        "peak_rss_mb": max(r["peak_rss_mb"] for r in base_runs)}
                 print(f"{name} threads={threads}: {best['fps']:.1f} fps, {best['peak_rss_mb']:.0f} MB, "
                       f"start-up {best['startup_s']:.2f} s"
                       + (f", baseline {best['baseline']['fps']:.1f} fps" if base is not None else ""),
