@@ -102,15 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def run_command(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse ``argv`` and run the chosen sub-command (its ``func``); an error it raises becomes one line naming
+    the program and exit status 1. Shared with ``python -m research``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"doorface-convert: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
