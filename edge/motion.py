@@ -98,7 +98,10 @@ class MotionGate:
             return SearchArea(FULL, (0, 0, width, height))
         grey = small_grey(image, min(self.config.width, width))
         previous, self._previous = self._previous, grey
-        due = self._last_full is None or timestamp - self._last_full >= self.config.full_frame_every
+        # A clock that stepped back (a camera reconnect, NTP) counts as due, or full searches would pause until it
+        # caught up.
+        due = (self._last_full is None or timestamp < self._last_full
+               or timestamp - self._last_full >= self.config.full_frame_every)
         if due or previous is None or previous.shape != grey.shape:
             self._last_full = timestamp
             return SearchArea(FULL, (0, 0, width, height))

@@ -74,6 +74,8 @@ def test_the_gate_searches_all_first_then_only_where_needed():
     window = gate.plan(moving, 0.3, [])
     assert window.kind == motion.WINDOW and window.box[0] == 0 and window.box[3] == H
     assert gate.plan(noisy_door(rng), 2.05, []).kind == motion.FULL  # full_frame_every after the last full search
+    assert gate.plan(noisy_door(rng), 2.1, []).kind == motion.IDLE
+    assert gate.plan(noisy_door(rng), 0.5, []).kind == motion.FULL  # the clock stepped back
 
 
 def test_a_gate_that_is_off_searches_the_whole_frame():
