@@ -108,8 +108,8 @@ class MotionGate:
         regions = list(face_boxes)
         moved = moved_box(previous, grey, self.config.threshold, self.config.min_area)
         if moved is not None:
-            ratio = width / grey.shape[1]
-            regions.append(tuple(v * ratio for v in moved))
+            sx, sy = width / grey.shape[1], height / grey.shape[0]
+            regions.append((moved[0] * sx, moved[1] * sy, moved[2] * sx, moved[3] * sy))
         covered = union(regions)
         if covered is None:
             return SearchArea(IDLE, None)
