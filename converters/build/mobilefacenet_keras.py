@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
+from converters.build.prelu import equalising_gains
 from converters.build.tfjs import GraphError, TfjsGraph, TfjsNode, attr_ints, attr_str, attr_strs
 
 INPUT_SIZE = 112
@@ -241,13 +242,6 @@ def identity_scales(alpha: np.ndarray) -> BranchScales:
     return BranchScales(np.ones_like(alpha), np.where(magnitude > 0, magnitude, 1.0).astype(np.float32), alpha)
 
 
-def _equalising_gain(ranges: np.ndarray, strength: float, grid_steps: int, dead: float, max_gain: float):
-    """Per-channel gains ≥ 1 towards the largest range, on a 2^(1/grid_steps) grid; 1 for dead channels."""
-    target = ranges.max()
-    raw = np.where(ranges > dead * target, (target / np.maximum(ranges, 1e-30)) ** strength, 1.0)
-    return np.exp2(np.round(np.log2(np.clip(raw, 1.0, max_gain)) * grid_steps) / grid_steps)
-
-
 def equalised_scales(alpha: np.ndarray, pos_range: np.ndarray, neg_range: np.ndarray, strength: float,
                      grid_steps: int = 4, dead: float = 1e-3, max_gain: float = 2.0**6) -> BranchScales:
     """Scales that stretch each branch channel towards the tensor's largest range (``strength`` 1: fully, 0.5:
@@ -258,7 +252,7 @@ def equalised_scales(alpha: np.ndarray, pos_range: np.ndarray, neg_range: np.nda
     pos_range = np.asarray(pos_range, np.float64)
     neg_range = np.asarray(neg_range, np.float64)
     branches = np.concatenate([pos_range * base.k, neg_range * base.t])  # ranges of the identity's branches
-    gains = _equalising_gain(branches, strength, grid_steps, dead, max_gain)
+    gains = equalising_gains(branches, strength, grid_steps, dead, max_gain)
     return BranchScales((base.k * gains[: len(alpha)]).astype(np.float32),
                         (base.t * gains[len(alpha):]).astype(np.float32), alpha)
 
