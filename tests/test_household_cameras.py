@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 import yaml
 from door_scene import ENROLL, PERSON_A, PERSON_B, VISITS, doorface, lfw_photo, write_scene
 from mqtt_broker import MOSQUITTO, SKIP_REASON, Broker
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.household import SCHEMA, Topics, person_id_for
 
@@ -40,7 +43,7 @@ def camera_config(folder, broker, name: str, clip) -> str:
 
 
 def names_in(config: str) -> list[str]:
-    gallery = yaml.safe_load(open(config))["gallery"]["path"]
+    gallery = yaml.safe_load(Path(config).read_text())["gallery"]["path"]
     with sqlite3.connect(gallery) as conn:
         return sorted(name for (name,) in conn.execute("SELECT name FROM persons"))
 
@@ -91,9 +94,6 @@ def test_three_cameras_share_one_gallery(tmp_path, shared_data, cli_env):
                                          "vector": vector, "crop": None}],
                             "embedders": [{"key": "mobilefacenet", "sha256": "e" * 64, "dim": 192,
                                            "metric": "cosine"}]}}
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
         intruder = paho.Client(CallbackAPIVersion.VERSION2, client_id="intruder")
         intruder.connect(broker.host, broker.port)
         intruder.loop_start()
