@@ -265,6 +265,8 @@ def _cmd_run(args) -> int:
     cam = config.camera
     watcher = GalleryWatcher(gallery, recognizer, models.manifest.entry(models.embedder.key), config,
                              on_persons=publisher.set_persons if publisher is not None else None)
+    if household is not None:
+        household.on_change = watcher.poke
     try:
         with open_source(cam.source, width=cam.width, height=cam.height,
                          reconnect_max_delay=cam.reconnect_max_delay) as source:

@@ -755,7 +755,8 @@ class HouseholdSync:
     """
 
     def __init__(self, config: Config, gallery_path: Path, *, embedder_key: str, embedder_sha256: str, dim: int,
-                 metric: str, reembed: Optional[Reembed] = None, client_suffix: str = "household") -> None:
+                 metric: str, reembed: Optional[Reembed] = None, client_suffix: str = "household",
+                 on_change: Optional[Callable[[], None]] = None) -> None:
         household = config.household
         if not household.enabled:
             raise HouseholdError("household.name is not set: this camera has no household to share its gallery with")
@@ -767,6 +768,7 @@ class HouseholdSync:
         self._gallery_args = dict(path=gallery_path, embedder_key=embedder_key, embedder_sha256=embedder_sha256,
                                   dim=dim, metric=metric)
         self._reembed = reembed
+        self.on_change = on_change  # told after a pass that changed the gallery (the running matcher's watcher)
         self._inbox: queue.Queue = queue.Queue()
         self._state = threading.Condition()
         self._ready = False  # the retained gallery was taken in since the last connect
@@ -908,8 +910,11 @@ class HouseholdSync:
                     continue  # take the whole batch in before a pass
                 if kind == "tick" and gallery.revision() == revision:
                     continue
+                before = gallery.revision()
                 self._pass(replica)
                 revision = gallery.revision()
+                if revision != before and self.on_change is not None:
+                    self.on_change()
         except BaseException as exc:
             self._fail(exc)
         finally:
@@ -949,11 +954,17 @@ class HouseholdSync:
                         len(unusable), replica.local.key, "; ".join(unusable))
         self._unusable = unusable
         published = 0
+        limit = self.config.household.max_message_kb * 1024
         if self._barrier_seen and self._connected:
             for state in replica.to_publish():
                 topic = self.topics.person(state.person_id)
                 payload = encode_message(state, topic=topic, household=self.config.household.name,
                                          camera=self.camera, key=self.key)
+                if len(payload) > limit:
+                    log.error("household: %r has too many faces to share (%d, %d KiB > household.max_message_kb "
+                              "%d): the other cameras would refuse them; remove some of their faces", state.name,
+                              len(state.samples), len(payload) // 1024, limit // 1024)
+                    continue
                 self._client.publish(topic, payload, qos=1, retain=True)
                 published += 1
         self._passes += 1

@@ -88,6 +88,10 @@ class GalleryWatcher:
         self._revision = gallery.revision()
         self._next = clock() + self.interval
 
+    def poke(self) -> None:
+        """Look at the gallery at the next frame, not at the next interval: it just changed (household sync)."""
+        self._next = float("-inf")
+
     def __call__(self, _result: Optional[FrameResult] = None) -> bool:
         """True when the gallery changed and the matcher was rebuilt."""
         now = self._clock()
