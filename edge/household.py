@@ -56,6 +56,7 @@ import numpy as np
 
 from edge.config import Config, HouseholdConfig, MqttConfig
 from edge.gallery import BUSY_TIMEOUT_S, Gallery, GalleryError, NameTakenError, validate_name
+from edge.mqtt import LOGIN_REFUSED, secure_client
 
 log = logging.getLogger(__name__)
 
@@ -589,10 +590,14 @@ class Replica:
             taken = {pid for pid in snaps}
             for person in sorted(view.values(), key=lambda p: p.created):
                 pid = person_id_for(person.name)
-                if pid in taken:  # that name's id belongs to a person renamed since: this is someone new
+                known = self.state(pid)
+                if pid in taken or known is not None and known.alive and known.name != person.name:
+                    # That name's id belongs to someone renamed since: this is someone new. (The same name, alive
+                    # elsewhere, is the same person; a removed one comes back with the new faces.)
                     pid = hashlib.sha256(f"{pid}\n{person.created!r}\n{self.camera}".encode()).hexdigest()[:24]
+                    known = self.state(pid)
                 taken.add(pid)
-                state = self.state(pid) or empty_state(pid)
+                state = known or empty_state(pid)
                 empty = Snapshot(person.id, person.created, "", {})
                 updated = self._apply_local(cur, state, empty, person) or state
                 self._put_state(cur, updated)
@@ -649,10 +654,13 @@ class Replica:
         unusable = []
         snaps = self._snapshots()
         states = self.states()
-        names_in_use = {s.name: pid for pid, s in snaps.items()}
-        for pid in sorted(states, key=lambda p: (states[p].named, p), reverse=True):
-            state = states[pid]
-            target = self._target(state)
+        targets = {pid: self._target(state) for pid, state in states.items()}
+        # Removals first, so that their names are free for the renames of this pass; then the newest names first.
+        names_in_use = {s.name: pid for pid, s in snaps.items() if targets.get(pid) is not None}
+        order = [p for p in states if targets[p] is None] + sorted(
+            (p for p in states if targets[p] is not None), key=lambda p: (states[p].named, p), reverse=True)
+        for pid in order:
+            state, target = states[pid], targets[pid]
             if target is None and state.alive:
                 models = sorted({e.key for e in state.embedders})
                 unusable.append(f"{state.name} (embedder {', '.join(models)}, no thumbnails)")
@@ -765,6 +773,7 @@ class HouseholdSync:
         self.topics = Topics.of(config.mqtt.prefix, household.name)
         self.camera = config.camera.name
         self.client_id = f"{config.mqtt.client_id or 'doorface-' + self.camera}-{client_suffix}-{os.getpid()}"
+        self._barrier_topic = self.topics.barrier(re.sub(r"[^A-Za-z0-9_-]", "_", self.client_id))
         self._gallery_args = dict(path=gallery_path, embedder_key=embedder_key, embedder_sha256=embedder_sha256,
                                   dim=dim, metric=metric)
         self._reembed = reembed
@@ -786,8 +795,6 @@ class HouseholdSync:
     # --- lifecycle --------------------------------------------------------------------------------------------------
 
     def start(self) -> HouseholdSync:
-        from edge.mqtt import secure_client  # paho only where sync runs
-
         mqtt: MqttConfig = self.config.mqtt
         client = secure_client(mqtt, self.client_id)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -856,14 +863,20 @@ class HouseholdSync:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("household: broker %s:%d refused the connection: %s", self.config.mqtt.host,
-                        self.config.mqtt.port, reason_code)
+            where = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
+            reason = LOGIN_REFUSED.get(getattr(reason_code, "value", None))
+            if reason is not None:  # retrying will not fix it
+                client.disconnect()
+                self._fail(HouseholdError(f"broker {where} refused the login ({reason}); check mqtt.username and "
+                                          f"{self.config.mqtt.password_env}"))
+            else:
+                log.warning("household: broker %s refused the connection: %s", where, reason_code)
             return
         self._connected = True
         self._barrier_token = f"{time.time_ns()}"
-        client.subscribe([(self.topics.persons, 1), (self.topics.barrier(self.client_id), 1)])
+        client.subscribe([(self.topics.persons, 1), (self._barrier_topic, 1)])
         # Retained messages are sent on SUBSCRIBE, before what follows it: when this comes back, we have them all.
-        client.publish(self.topics.barrier(self.client_id), self._barrier_token.encode(), qos=1)
+        client.publish(self._barrier_topic, self._barrier_token.encode(), qos=1)
         self._inbox.put(("connected", None, None))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -923,7 +936,7 @@ class HouseholdSync:
 
     def _take(self, replica: Replica, topic: str, payload: bytes) -> bool:
         """Merge one message; True when it is our barrier (every retained message came before it)."""
-        if topic == self.topics.barrier(self.client_id):
+        if topic == self._barrier_topic:
             seen = payload.decode(errors="replace") == self._barrier_token
             self._barrier_seen = self._barrier_seen or seen
             return seen
@@ -993,7 +1006,12 @@ def sync_change(config: Config, gallery: Gallery, *, timeout: Optional[float] = 
                          embedder_sha256=gallery.embedder_sha256, dim=gallery.dim, metric=gallery.metric,
                          client_suffix="cli")
     with sync:
-        if not sync.wait_ready(wait):
+        try:
+            ready = sync.wait_ready(wait)
+        except HouseholdError as exc:
+            log.warning("household: %s; the change is shared by the next `doorface run`", exc)
+            return False
+        if not ready:
             log.warning("household: broker %s:%d not reachable within %g s; the change is shared with the other "
                         "cameras by the next `doorface run`", config.mqtt.host, config.mqtt.port, wait)
             return False

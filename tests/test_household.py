@@ -27,6 +27,7 @@ from edge.enroll import enroll_photos
 from edge.gallery import Gallery
 from edge.household import (
     SCHEMA,
+    HouseholdError,
     HouseholdSync,
     RejectedMessage,
     Replica,
@@ -177,6 +178,18 @@ def test_a_remove_wins_over_an_older_add_and_a_later_enrollment_wins_over_the_re
     a.add(faces, PERSON_A, slice(3, 5))  # enrolled again after the remove was seen: a newer version
     exchange(a, b)
     assert list(b.view()) == [PERSON_A] and len(b.view()[PERSON_A]) == 2 and a.view() == b.view()
+
+
+def test_a_name_given_up_by_a_rename_and_enrolled_again_is_someone_new(tmp_path, models, faces):
+    a, b = Camera(tmp_path, "front", models), Camera(tmp_path, "back", models)
+    a.add(faces, PERSON_A, slice(0, 3))
+    exchange(a, b)
+    b.gallery.rename(PERSON_A, "Tony B")
+    exchange(a, b)
+    a.add(faces, PERSON_B, slice(0, 2), as_name=PERSON_A)  # another face under the name Tony had
+    exchange(a, b)
+    assert a.view() == b.view()
+    assert {name: len(v) for name, v in b.view().items()} == {"Tony B": 3, PERSON_A: 2}
 
 
 def test_three_cameras_converge_whatever_the_order_of_messages(tmp_path, models, faces):
@@ -343,6 +356,20 @@ def test_a_broker_that_lost_its_retained_messages_is_refilled_by_the_next_connec
             message = json.loads(payload)
             assert message["schema"] == SCHEMA and message["state"]["name"] == PERSON_A
             assert len(message["state"]["samples"]) == 3
+        finally:
+            sync.stop()
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+def test_a_refused_login_stops_the_sync_saying_so(tmp_path, models, monkeypatch):
+    with Broker(tmp_path / "broker", password={"doorface": "right-password"}) as broker:
+        config = _sync_config(broker, tmp_path, "front")
+        config = replace(config, mqtt=replace(config.mqtt, username="doorface"))
+        monkeypatch.setenv(config.mqtt.password_env, "wrong-password")
+        sync = _start(config, models)
+        try:
+            with pytest.raises(HouseholdError, match="refused the login"):
+                sync.wait_ready(10)
         finally:
             sync.stop()
 

@@ -114,3 +114,22 @@ def test_three_cameras_share_one_gallery(tmp_path, shared_data, cli_env):
         assert recognized(result) == ["Serena"], result.stderr
         assert names_in(garage) == ["Serena"]
         assert "Mallory" not in json.dumps(names_in(garage))
+
+
+def test_a_change_made_while_the_broker_is_down_is_shared_by_the_next_run(tmp_path, shared_data, cli_env):
+    clip = write_scene(tmp_path / "door.mp4", [[lfw_photo(shared_data, s) for s in VISITS[0]]], gap_frames=10)
+    broker = Broker(tmp_path / "broker", persistent=True)  # not started yet: the broker is down
+    front, back = (camera_config(tmp_path / name, broker, name, clip) for name in ("front", "back"))
+    for config in (front, back):
+        data = yaml.safe_load(Path(config).read_text())
+        data["household"]["sync_wait"] = 1.0
+        Path(config).write_text(yaml.safe_dump(data))
+    photos = [str(lfw_photo(shared_data, s)) for s in ENROLL[PERSON_A]]
+    result = ok(doorface("enroll", PERSON_A, *photos, "--config", front, env=cli_env))
+    assert "the change is shared with the other cameras by the next `doorface run`" in result.stderr
+    with broker:
+        assert recognized(ok(doorface("run", "--config", back, "--print-events", env=cli_env))) == []
+        result = ok(doorface("run", "--config", front, "--print-events", env=cli_env))  # shares it at start
+        assert recognized(result) == [PERSON_A], result.stderr
+        result = ok(doorface("run", "--config", back, "--print-events", env=cli_env))
+        assert recognized(result) == [PERSON_A], result.stderr
