@@ -1021,3 +1021,66 @@ def sync_change(config: Config, gallery: Gallery, *, timeout: Optional[float] = 
                         "it", wait)
             return False
     return True
+
+
+@dataclass(frozen=True)
+class HouseholdProbe:
+    """What the broker holds for the household, read without changing anything (``doorface doctor``)."""
+
+    persons: list[str]  # alive people, by name
+    removed: int  # tombstones
+    rejected: list[str]  # "topic: why" of each message that failed its checks
+
+
+def probe_household(config: Config, local: EmbedderTag, timeout: float = 5.0) -> HouseholdProbe:
+    """Subscribe once, read every retained message of the household, check each as a camera would; publishes only
+    the barrier to its own topic. Raises :class:`HouseholdError` when the broker cannot be reached in time."""
+    household = config.household
+    key = household_key(household)
+    topics = Topics.of(config.mqtt.prefix, household.name)
+    client_id = f"doorface-probe-{config.camera.name}-{os.getpid()}"
+    barrier = topics.barrier(re.sub(r"[^A-Za-z0-9_-]", "_", client_id))
+    received: list[tuple[str, bytes]] = []
+    done = threading.Event()
+    token = str(time.time_ns()).encode()
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe([(topics.persons, 1), (barrier, 1)])
+            client.publish(barrier, token, qos=1)
+
+    def on_message(client, userdata, message) -> None:
+        if message.topic == barrier:
+            if bytes(message.payload) == token:
+                done.set()
+        else:
+            received.append((message.topic, bytes(message.payload)))
+
+    client = secure_client(config.mqtt, client_id)
+    client.on_connect, client.on_message = on_connect, on_message
+    try:
+        client.connect(config.mqtt.host, config.mqtt.port, keepalive=max(5, config.mqtt.keepalive))
+    except OSError as exc:
+        raise HouseholdError(f"broker {config.mqtt.host}:{config.mqtt.port} unreachable: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise HouseholdError(f"broker {config.mqtt.host}:{config.mqtt.port} did not send the household's "
+                                 f"gallery within {timeout:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    persons, removed, rejected = [], 0, []
+    for topic, payload in received:
+        person_id = topics.person_id_of(topic) or ""
+        try:
+            state, _ = decode_message(topic, payload, person_id=person_id, household=household.name, key=key,
+                                      max_bytes=household.max_message_kb * 1024, local=local)
+        except RejectedMessage as exc:
+            rejected.append(f"{topic}: {exc}")
+            continue
+        if state.alive:
+            persons.append(state.name)
+        else:
+            removed += 1
+    return HouseholdProbe(sorted(persons), removed, rejected)

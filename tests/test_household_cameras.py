@@ -101,6 +101,9 @@ def test_three_cameras_share_one_gallery(tmp_path, shared_data, cli_env):
         intruder.disconnect()
         intruder.loop_stop()
         broker.restart()
+        doctor = doorface("doctor", "--config", front, "--no-camera", env=cli_env)
+        assert "[FAIL] household" in doctor.stdout and "bad signature" in doctor.stdout, doctor.stdout
+        assert f"household '{HOUSEHOLD}' on the broker: Serena; 1 removed" in doctor.stdout
 
         # The front door no longer recognizes Tony, and knows Serena under her new name.
         result = ok(doorface("run", "--config", front, "--print-events", env=cli_env))
