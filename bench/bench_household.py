@@ -26,7 +26,9 @@ import numpy as np
 
 from edge.config import Config, HouseholdConfig, MqttConfig, load_config
 from edge.gallery import Gallery
-from edge.household import HouseholdSync, Topics, encode_message, person_id_for, sync_change
+from edge.household import Topics, encode_message, person_id_for
+from edge.household_replica import Replica
+from edge.household_sync import HouseholdSync, sync_change
 from edge.runner import load_models, open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +136,6 @@ def measure(repeats: int, progress) -> dict:
                                   metric=spec.metric) as g:
                     assert len(g) == 10 and all(p.embeddings == 10 for p in g.persons())
                     if state_bytes is None:
-                        from edge.household import Replica
-
                         replica = Replica(g, household="bench", camera="x")
                         state = replica.state(person_id_for("Member 0"))
                         state_bytes = len(encode_message(state, topic=topic, household="bench", camera="front",

@@ -203,7 +203,7 @@ def _start_household(config, gallery):
         log.warning("household %r: MQTT is off (--no-mqtt or mqtt.enabled: false): this camera's gallery is not "
                     "shared", household.name)
         return None
-    from edge.household import HouseholdSync
+    from edge.household_sync import HouseholdSync
     from edge.runner import thumbnail_embedder
 
     sync = HouseholdSync(config, gallery.path, embedder_key=gallery.embedder_key,
@@ -220,7 +220,7 @@ def _share_change(config, gallery) -> None:
     """After enroll / people rename / remove: send the change to the household's other cameras now if possible."""
     if not config.household.enabled:
         return
-    from edge.household import sync_change
+    from edge.household_sync import sync_change
 
     if sync_change(config, gallery):
         print(f"shared with household {config.household.name!r} (broker {config.mqtt.host}:{config.mqtt.port})",

@@ -184,7 +184,8 @@ def check_household(config: Config, timeout: float = 5.0) -> Check:
 
     def body() -> Check:
         from edge.embedder import EmbedderSpec
-        from edge.household import EmbedderTag, probe_household
+        from edge.household import EmbedderTag
+        from edge.household_sync import probe_household
         from edge.manifest import Manifest
 
         spec = EmbedderSpec.from_entry(Manifest.load(config.models_dir).entry(config.embedder.model))

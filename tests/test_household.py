@@ -28,9 +28,7 @@ from edge.gallery import Gallery
 from edge.household import (
     SCHEMA,
     HouseholdError,
-    HouseholdSync,
     RejectedMessage,
-    Replica,
     Topics,
     canonical,
     decode_message,
@@ -38,6 +36,8 @@ from edge.household import (
     merge,
     person_id_for,
 )
+from edge.household_replica import Replica
+from edge.household_sync import HouseholdSync
 from edge.runner import load_models, open_gallery, thumbnail_embedder
 
 HOUSEHOLD = "home"
