@@ -44,6 +44,7 @@ BLOCKS = {
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
     "visits": ROOT / "bench" / "results" / "visits.md",
+    "household": ROOT / "bench" / "results" / "household.md",
 }
 MANIFEST = ROOT / "quantized_models" / "manifest.json"
 CARDS = ROOT / "quantized_models" / "cards"

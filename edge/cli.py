@@ -194,6 +194,39 @@ def _install_stop_handlers(stop) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _start_household(config, gallery):
+    """The household's gallery sync, caught up with the broker (bounded by household.sync_wait); None when off."""
+    household = config.household
+    if not household.enabled:
+        return None
+    if not config.mqtt.enabled:
+        log.warning("household %r: MQTT is off (--no-mqtt or mqtt.enabled: false): this camera's gallery is not "
+                    "shared", household.name)
+        return None
+    from edge.household_sync import HouseholdSync
+    from edge.runner import thumbnail_embedder
+
+    sync = HouseholdSync(config, gallery.path, embedder_key=gallery.embedder_key,
+                         embedder_sha256=gallery.embedder_sha256, dim=gallery.dim, metric=gallery.metric,
+                         reembed=thumbnail_embedder(config)).start()
+    if not sync.wait_ready(household.sync_wait):
+        log.warning("household %r: the broker's gallery did not arrive within household.sync_wait (%g s); starting "
+                    "with this camera's gallery, updated as soon as the broker answers", household.name,
+                    household.sync_wait)
+    return sync
+
+
+def _share_change(config, gallery) -> None:
+    """After enroll / people rename / remove: send the change to the household's other cameras now if possible."""
+    if not config.household.enabled:
+        return
+    from edge.household_sync import sync_change
+
+    if sync_change(config, gallery):
+        print(f"shared with household {config.household.name!r} (broker {config.mqtt.host}:{config.mqtt.port})",
+              file=sys.stderr)
+
+
 def _cmd_run(args) -> int:
     import threading
 
@@ -203,6 +236,7 @@ def _cmd_run(args) -> int:
     config = _load_runtime_config(args)
     models = load_models(config, threads=args.threads)
     gallery = open_gallery(config, models.embedder.spec)
+    household = _start_household(config, gallery)
     mqtt = config.mqtt
     recognizer = build_recognizer(config, models, gallery, keep_crops=mqtt.enabled and mqtt.publish_crops)
     persons = [p.name for p in gallery.persons()]
@@ -231,6 +265,8 @@ def _cmd_run(args) -> int:
     cam = config.camera
     watcher = GalleryWatcher(gallery, recognizer, models.manifest.entry(models.embedder.key), config,
                              on_persons=publisher.set_persons if publisher is not None else None)
+    if household is not None:
+        household.on_change = watcher.poke
     try:
         with open_source(cam.source, width=cam.width, height=cam.height,
                          reconnect_max_delay=cam.reconnect_max_delay) as source:
@@ -238,6 +274,8 @@ def _cmd_run(args) -> int:
                           departure_sinks=[publisher.publish_departure] if publisher is not None else ())
     finally:
         gallery.close()
+        if household is not None:
+            household.stop()
         if publisher is not None:
             if not publisher.flush(args.flush_timeout):
                 log.warning("%d messages not delivered yet; they stay queued in %s for the next start",
@@ -321,6 +359,8 @@ def _cmd_enroll(args) -> int:
                 frames = ((f"{source.name}#{f.index}", f.image) for f in _limited(source, seconds))
                 report = enroll_frames(gallery, args.name, frames, models.detector, models.embedder,
                                        **common)
+        if report.enrolled:
+            _share_change(config, gallery)
     return _report_enrollment(report, from_photos=bool(args.photos))
 
 
@@ -367,6 +407,8 @@ def _cmd_people(args) -> int:
         else:
             gallery.remove(args.names[0])
             print(f"removed {args.names[0]!r} and their faces", file=sys.stderr)
+        if args.action in ("rename", "remove"):
+            _share_change(config, gallery)
     return EXIT_OK
 
 
@@ -516,6 +558,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return EXIT_SETUP_ERROR
     from edge.gallery import GalleryError
+    from edge.household import HouseholdError
     from edge.mqtt import MqttError
     from edge.outbox import OutboxError
     from edge.sources import SourceError
@@ -523,7 +566,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ManifestError, ModelIntegrityError, InterpreterUnavailable, GalleryError, MqttError,
-            OutboxError, SourceError, ValueError) as exc:
+            OutboxError, SourceError, HouseholdError, ValueError) as exc:
         print(f"doorface: error: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     except KeyboardInterrupt:

@@ -272,6 +272,43 @@ class MqttConfig:
         return None
 
 
+MIN_HOUSEHOLD_KEY_LENGTH = 32
+MAKE_KEY = "openssl rand -hex 32"
+
+
+@dataclass(frozen=True)
+class HouseholdConfig:
+    """Cameras of one household share their gallery over the MQTT broker (see docs/household.md)."""
+
+    name: Optional[str] = _field(None, "household id ([A-Za-z0-9_-]); cameras with the same name and key share one "
+                                       "gallery over MQTT (unset: this camera keeps its own)")
+    key: Optional[str] = _field(None, "shared secret that signs every gallery message (HMAC-SHA256), the same on "
+                                      f"every camera of the household; at least {MIN_HOUSEHOLD_KEY_LENGTH} "
+                                      f"characters, e.g. from `{MAKE_KEY}`")
+    sync_wait: float = _field(5.0, "seconds `doorface run` waits at start for the household's gallery from the "
+                                   "broker before its first frame (and `enroll`/`people` for the broker to take "
+                                   "their change)", low=0.0, high=600.0)
+    share_crops: bool = _field(False, "also send the enrolled face thumbnails, so that a camera with another "
+                                      "embedder can re-embed them (by default only names and embeddings travel)")
+    max_message_kb: int = _field(1024, "largest gallery message accepted, KiB; bigger ones are rejected",
+                                 low=16, high=65536)
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            return
+        if not ID_PATTERN.match(self.name):
+            raise ConfigError(f"household.name: only letters, digits, '_' and '-' are allowed, got {self.name!r}")
+        if not self.key or len(self.key) < MIN_HOUSEHOLD_KEY_LENGTH:
+            have = f"is {len(self.key)} characters" if self.key else "is not set"
+            raise ConfigError(f"household.key {have}: gallery sync needs a key of at least "
+                              f"{MIN_HOUSEHOLD_KEY_LENGTH} random characters, the same on every camera of household "
+                              f"{self.name!r}; make one with `{MAKE_KEY}`")
+
+    @property
+    def enabled(self) -> bool:
+        return self.name is not None
+
+
 @dataclass(frozen=True)
 class Config:
     device_name: str = _field(DEFAULT_DEVICE, "which device_configs/<name>.yaml this came from")
@@ -288,6 +325,8 @@ class Config:
     enroll: EnrollConfig = field(default_factory=EnrollConfig, metadata={"description": "enrolling from a video or "
                                                                                           "camera"})
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"description": "MQTT and Home Assistant"})
+    household: HouseholdConfig = field(default_factory=HouseholdConfig,
+                                       metadata={"description": "one gallery shared by the cameras of a home"})
 
 
 def _type_name(tp: Any) -> str:

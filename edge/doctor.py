@@ -173,6 +173,35 @@ def check_broker(config: Config, timeout: float = 5.0) -> Check:
     return _guard("mqtt", f"start the broker at {where} or fix mqtt.host/port/username/password", body)
 
 
+def check_household(config: Config, timeout: float = 5.0) -> Check:
+    """What the household's broker holds, every message checked with this camera's key (nothing is changed)."""
+    household = config.household
+    if not household.enabled:
+        return Check("household", True, "not shared with other cameras (household.name unset)")
+    if not config.mqtt.enabled:
+        return Check("household", False, f"household {household.name!r} is set but MQTT is off",
+                     "set mqtt.enabled: true (the gallery is shared through the broker)")
+
+    def body() -> Check:
+        from edge.embedder import EmbedderSpec
+        from edge.household import EmbedderTag
+        from edge.household_sync import probe_household
+        from edge.manifest import Manifest
+
+        spec = EmbedderSpec.from_entry(Manifest.load(config.models_dir).entry(config.embedder.model))
+        probe = probe_household(config, EmbedderTag(spec.key, spec.sha256, spec.dim, spec.metric), timeout)
+        people = ", ".join(probe.persons) or "nobody yet"
+        detail = f"household {household.name!r} on the broker: {people}; {probe.removed} removed"
+        if probe.rejected:
+            return Check("household", False, f"{detail}; {len(probe.rejected)} message(s) rejected: "
+                                             f"{probe.rejected[0]}",
+                         "give every camera the same household.key; a message written by another device is ignored "
+                         "by the cameras, and stays on the broker until cleared: mosquitto_pub -r -n -t TOPIC")
+        return Check("household", True, detail)
+
+    return _guard("household", "check the broker (see the mqtt check) and household.name / household.key", body)
+
+
 INFERENCE_PHOTO = "lin-manuel-miranda.jpg"  # a bundled demo still with one clear face
 INFERENCE_FIX = ("the interpreter cannot run the models: reinstall it for this numpy (tflite-runtime needs numpy<2: "
                  "`pip install 'numpy<2' tflite-runtime`; else `pip install --force-reinstall ai-edge-litert`)")
@@ -211,5 +240,5 @@ def run_checks(config: Config, *, source: Optional[str] = None, camera: bool = T
     checks = [check_interpreter(), *check_models(config), check_inference(config), check_device(config)]
     if camera:
         checks.append(check_camera(config, source))
-    checks += [check_gallery(config), check_broker(config)]
+    checks += [check_gallery(config), check_broker(config), check_household(config)]
     return checks

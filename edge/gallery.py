@@ -98,6 +98,16 @@ class Person:
     updated: float
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One stored embedding of a person: its row id, vector (float32), where it came from, and its thumbnail."""
+
+    id: int
+    vector: np.ndarray
+    source: str
+    thumbnail: Optional[bytes]
+
+
 def validate_name(name: str) -> str:
     """The canonical form of a display name (stripped, Unicode NFC), or :class:`InvalidNameError`.
 
@@ -289,6 +299,14 @@ class Gallery:
         return [str(s) for (s,) in self._query("SELECT source FROM embeddings WHERE person_id = ? ORDER BY id",
                                                 (person.id,))]
 
+    def samples(self, name: str) -> list[Sample]:
+        """Each of the person's embeddings with its row id, source and thumbnail, in enrollment order."""
+        person = self.person(name)
+        rows = self._query("SELECT id, vector, source, thumbnail FROM embeddings WHERE person_id = ? ORDER BY id",
+                           (person.id,))
+        return [Sample(int(i), self._vector(blob, person.name), str(source), None if thumb is None else bytes(thumb))
+                for i, blob, source, thumb in rows]
+
     def revision(self) -> int:
         """A counter bumped by every write, from any process: poll it to know when to rebuild a matcher."""
         rows = self._query("SELECT value FROM meta WHERE key = 'revision'")
@@ -360,6 +378,21 @@ class Gallery:
             cur.execute("DELETE FROM persons WHERE id = ?", (person.id,))
         logger.info("gallery %s: removed %r (%d embeddings)", self._path, person.name, person.embeddings)
         return person
+
+    def remove_samples(self, name: str, sample_ids: Sequence[int]) -> Person:
+        """Remove some of a person's embeddings (row ids from :meth:`samples`), in one transaction; ids that are
+        not the person's are ignored. Removing every one of them removes the person (nobody without a face)."""
+        person = self.person(name)
+        ids = [int(i) for i in sample_ids]
+        with self._write() as cur:
+            cur.executemany("DELETE FROM embeddings WHERE id = ? AND person_id = ?", [(i, person.id) for i in ids])
+            left = cur.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person.id,)).fetchone()[0]
+            if left == 0:
+                cur.execute("DELETE FROM persons WHERE id = ?", (person.id,))
+            else:
+                cur.execute("UPDATE persons SET updated = ? WHERE id = ?", (time.time(), person.id))
+        logger.info("gallery %s: removed %d embedding(s) of %r", self._path, len(ids), person.name)
+        return person if left == 0 else self.person(person.name)
 
     # --- internals -----------------------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 # CONNACK reason codes (MQTT 5 numbering, which paho also uses for 3.1.1) that retrying cannot fix.
 # mosquitto answers a wrong password with "not authorized" under MQTT 3.1.1, hence the wording of 135.
-_LOGIN_REFUSED = {134: "bad user name or password", 135: "bad user name or password, or not authorized",
+LOGIN_REFUSED = {134: "bad user name or password", 135: "bad user name or password, or not authorized",
                   138: "banned", 140: "bad authentication method"}
 
 
@@ -172,7 +172,7 @@ def probe_broker(config: MqttConfig, timeout: float = 5.0) -> None:
             raise MqttError(f"broker {where} accepted the TCP connection but did not answer within {timeout:.0f} s")
         code = result["code"]
         if code.is_failure:
-            reason = _LOGIN_REFUSED.get(getattr(code, "value", None))
+            reason = LOGIN_REFUSED.get(getattr(code, "value", None))
             if reason is not None:
                 who = f"user {config.username!r}" if config.username else "the anonymous login"
                 raise MqttAuthError(f"broker {where} refused {who}: {reason}; check mqtt.username and "
@@ -418,8 +418,8 @@ class MqttPublisher:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             value = getattr(reason_code, "value", None)
-            if value in _LOGIN_REFUSED:
-                self._set_fatal(client, MqttAuthError(self._login_message(_LOGIN_REFUSED[value])))
+            if value in LOGIN_REFUSED:
+                self._set_fatal(client, MqttAuthError(self._login_message(LOGIN_REFUSED[value])))
             else:
                 self._last_error = f"broker {self.broker} refused the connection: {reason_code}"
                 self._warn_down(self._last_error)

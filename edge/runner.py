@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+import cv2
+import numpy as np
+
 from edge.config import Config
 from edge.detector import MtcnnDetector
 from edge.embedder import Embedder, EmbedderSpec
@@ -84,6 +87,10 @@ class GalleryWatcher:
         self._clock = clock
         self._revision = gallery.revision()
         self._next = clock() + self.interval
+
+    def poke(self) -> None:
+        """Look at the gallery at the next frame, not at the next interval: it just changed (household sync)."""
+        self._next = float("-inf")
 
     def __call__(self, _result: Optional[FrameResult] = None) -> bool:
         """True when the gallery changed and the matcher was rebuilt."""
@@ -162,3 +169,33 @@ def run(
         for sink in departure_sinks:
             sink(departure)
     return RunSummary(frames, events, time.perf_counter() - start, stopped)
+
+
+# A thumbnail is the embedder's aligned chip, the face filling it: MTCNN finds a face more surely with some room
+# around it, so it is bordered by this share of its side before detection.
+THUMBNAIL_BORDER = 0.5
+
+
+def thumbnail_embedder(config: Config) -> Callable[[bytes], Optional[np.ndarray]]:
+    """JPEG face thumbnail (another model's enrollment, shared by the household) → this camera's embedding of it,
+    or None when no face is found in it. Runs in the household's thread, so it loads its own interpreters (TFLite
+    interpreters are not shared between threads), once, at the first thumbnail."""
+    loaded: list[Models] = []
+
+    def embed(jpeg: bytes) -> Optional[np.ndarray]:
+        bgr = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            return None
+        if not loaded:
+            loaded.append(load_models(config, threads=1))
+        models = loaded[0]
+        pad = int(round(max(bgr.shape[:2]) * THUMBNAIL_BORDER))
+        rgb = cv2.cvtColor(cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_REPLICATE), cv2.COLOR_BGR2RGB)
+        detections = models.detector(rgb)
+        if len(detections) == 0:
+            return None
+        boxes = detections.boxes
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        return models.embedder(rgb, detections.landmarks[int(np.argmax(sides))][None])[0]
+
+    return embed

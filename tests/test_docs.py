@@ -13,8 +13,8 @@ import yaml
 from bench import update_readme
 
 README_MAX_LINES = 250
-PAGES = ("install", "usage", "configuration", "home-assistant", "troubleshooting", "performance", "models",
-         "development", "research")
+PAGES = ("install", "usage", "configuration", "home-assistant", "household", "troubleshooting", "performance",
+         "models", "development", "research")
 
 
 def _convert_extra_available() -> bool:
