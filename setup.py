@@ -64,6 +64,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["edge", "edge.*", "converters", "converters.*"]),
+    # The review page (doorface serve) is served from the package: no CDN, nothing fetched at run time.
+    package_data={"edge.review": ["static/*"]},
     # Runtime dependencies only: never TensorFlow here (it lives in the "convert" extra).
     # ai-edge-litert has no armv7l wheel, so it is skipped there. tflite-runtime (which needs numpy<2) is also
     # supported at run time as the interpreter when a user installs it themselves.
