@@ -54,7 +54,8 @@ class BuildPyWithBundled(build_py):
 
 
 CONVERT_EXTRAS = ["tensorflow-cpu==2.21.*", "joblib>=1.3", "lz4>=4.0", "tqdm>=4.60", "matplotlib>=3.7"]
-TEST_EXTRAS = ["pytest>=7.4", "ruff>=0.5"]
+# selenium drives the system's chromium (apt: chromium, chromium-driver) in the review page's test; never at run time.
+TEST_EXTRAS = ["pytest>=7.4", "ruff>=0.5", "selenium>=4.10"]
 
 setup(
     name="doorface",

@@ -52,7 +52,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=
 COOKIE = "doorface_token"
 CSRF_HEADER = "X-Requested-With"
 CSRF_VALUE = "doorface"
-MAX_JSON_BYTES = 64 * 1024
+DISCARD_LIMIT = 256 * 1024 * 1024  # an oversized body up to this is read and dropped to answer 413 cleanly
 VISITS_SHOWN = 120
 
 
@@ -356,11 +356,23 @@ class ReviewHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}") from None
         limit = self.server.max_body
         if size < 0 or size > limit:
-            self.close_connection = True  # the body stays unread: this connection cannot carry another request
+            self._discard(size)
             raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             f"the upload is {size / 1e6:.1f} MB, more than review.max_upload_mb = {limit / 1e6:g} MB; "
                             "send a smaller photo")
         return self.rfile.read(size)
+
+    def _discard(self, size: int) -> None:
+        """Read and drop an oversized body (in small pieces, never held), so the client reads the 413 instead of a
+        reset connection; beyond DISCARD_LIMIT the connection is closed instead."""
+        if not 0 <= size <= DISCARD_LIMIT:
+            self.close_connection = True
+            return
+        while size > 0:
+            piece = self.rfile.read(min(size, 1 << 16))
+            if not piece:
+                break
+            size -= len(piece)
 
     # --- responses ---------------------------------------------------------------------------------------------------
 
