@@ -78,7 +78,7 @@ def decode_image(data, shown: str = "(bytes)", *, max_pixels: Optional[int] = No
     limit = f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}" if max_pixels is None else f"{max_pixels:,}"
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    size = image_size(data[:_HEADER_BYTES].tobytes())
+    size = image_size(data.tobytes())  # a copy of the file, not of its pixels: a TIFF's header may be at its end
     if size is None:
         raise _load_error(shown, "not a decodable image (corrupt or unsupported format): its size cannot be read "
                                  "from its header (JPEG, PNG, BMP, GIF, WebP, TIFF and PNM are read); re-save it as "
@@ -176,14 +176,13 @@ def save_image(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     logger.debug("saved %s: %dx%d", shown, bgr.shape[1], bgr.shape[0])
 
 
-# Enough of a file to find its size: a JPEG's frame header may follow large EXIF / ICC segments.
-_HEADER_BYTES = 1 << 20
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def image_size(head: bytes) -> Optional[tuple[int, int]]:
-    """(width, height) as stated by the header at the start of an image file, or None when the format is not one
-    this reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PNM) or the header is cut short or damaged. Nothing is decoded."""
+    """(width, height) as stated by the header of an image file (its first bytes; for TIFF, wherever its first
+    directory is), or None when the format is not one this reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PNM) or the
+    header is cut short or damaged. Nothing is decoded."""
     try:
         if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
             return struct.unpack(">II", head[16:24])

@@ -127,17 +127,14 @@ class VisitLog:
     """The visit log of one open gallery (``gallery``'s connection and thread). Construct it once per connection;
     it creates its tables in the gallery file if they are missing."""
 
-    def __init__(self, gallery: Gallery, *, threshold: float, metric: str, settings: VisitsConfig = VisitsConfig(),
-                 max_samples: int = 10, clock: Callable[[], float] = time.time):
+    def __init__(self, gallery: Gallery, *, threshold: float, metric: str, settings: Optional[VisitsConfig] = None,
+                 clock: Callable[[], float] = time.time):
         if not threshold > 0:
             raise ValueError(f"the grouping threshold must be a positive distance, got {threshold}")
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
         self.gallery = gallery
         self.threshold = float(threshold)
         self.metric = metric
-        self.settings = settings
-        self.max_samples = max_samples
+        self.settings = settings or VisitsConfig()
         self._clock = clock
         have = {name for (name,) in gallery.read("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not all(t in have for t in _TABLES):
@@ -253,7 +250,7 @@ class VisitLog:
     # --- changes (each one transaction) ------------------------------------------------------------------------------
 
     def name_group(self, group_id: int, name: str) -> Person:
-        """The group is a new person ``name``, enrolled from its visits' faces (the latest ``max_samples``); its
+        """The group is a new person ``name``, enrolled from its visits' faces (the latest ``visits.max_samples``); its
         visits become theirs. :class:`~edge.gallery.NameTakenError` if ``name`` is enrolled already."""
         return self._give_group(group_id, name, new_person=True)
 
@@ -290,7 +287,7 @@ class VisitLog:
                                "ORDER BY timestamp DESC, id DESC", (int(group_id),)).fetchall()
             if not rows:
                 raise self._group_not_found(group_id)
-            samples = rows[:self.max_samples]
+            samples = rows[:self.settings.max_samples]
             person = self.gallery.add(name, np.stack([self._vector(r[2]) for r in samples]),
                                       [f"visit:{r[1]}" for r in samples],
                                       [None if r[3] is None else bytes(r[3]) for r in samples],
@@ -352,8 +349,9 @@ class VisitLog:
 
 def _visit(row: tuple) -> Visit:
     i, event_id, camera, kind, ts, person, group, confidence, dist, has_crop, not_person = row
-    return Visit(int(i), str(event_id), str(camera), str(kind), float(ts), person, None if group is None else int(group),
-                 float(confidence), None if dist is None else float(dist), bool(has_crop), not_person)
+    return Visit(int(i), str(event_id), str(camera), str(kind), float(ts), person,
+                 None if group is None else int(group), float(confidence), None if dist is None else float(dist),
+                 bool(has_crop), not_person)
 
 
 def open_visit_log(gallery: Gallery, config, entry: ModelEntry) -> VisitLog:
@@ -361,4 +359,4 @@ def open_visit_log(gallery: Gallery, config, entry: ModelEntry) -> VisitLog:
     ``entry`` (the matcher's: ``embedder.threshold``)."""
     metric = str((entry.fields.get("embedding") or {}).get("metric", "cosine"))
     return VisitLog(gallery, threshold=threshold_from_entry(entry, config.embedder.threshold), metric=metric,
-                    settings=config.visits, max_samples=config.visits.max_samples)
+                    settings=config.visits)
