@@ -157,6 +157,9 @@ class VisitLog:
             if event.kind == RECOGNIZED:
                 row = cur.execute("SELECT id FROM persons WHERE name = ?", (event.name,)).fetchone()
                 person_id = row[0] if row else None
+                if row is None:  # renamed or removed since the matcher was built: kept, but nobody's visit
+                    logger.warning("visit %s named %r, who is no longer enrolled under that name: recorded without "
+                                   "a person", event.event_id, event.name)
             if event.kind == UNKNOWN:
                 group = self._assign_group(cur, vector, event.timestamp)
             cur.execute(

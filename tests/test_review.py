@@ -159,6 +159,32 @@ def test_two_browsers_naming_one_group_at_once_name_it_once(served):
     assert set(people) == {KNOWN, winner} and people[winner]["embeddings"] == 3
 
 
+def test_the_page_reads_what_a_running_doorface_run_writes(served, cli_env):
+    """Both at once on one gallery file (SQLite WAL): the run records while the page is read and changed."""
+    before = served.json("/api/state")[1]
+    run = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(served.config)], env=cli_env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        renamed = False
+        while run.poll() is None:
+            status, state = served.json("/api/state")
+            assert status == 200, state
+            if not renamed:  # a change from the page while the run writes
+                assert served.json("/api/people/rename", {"name": KNOWN, "new_name": "Tony"})[0] == 200
+                renamed = True
+            time.sleep(0.2)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    after = served.json("/api/state")[1]
+    assert len(after["visits"]) == len(before["visits"]) + 4
+    assert _stranger_group(served)["visits"] == 6  # the second run's three visits joined the same group
+    assert [p["name"] for p in after["people"]] == ["Tony"]
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header says width × height, with a few bytes of pixel data: tiny on disk, huge once decoded."""
     def chunk(kind: bytes, data: bytes) -> bytes:
