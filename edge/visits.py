@@ -168,35 +168,37 @@ class VisitLog:
                 (event.event_id, event.camera, event.kind, float(event.timestamp), person_id, group,
                  float(event.confidence), None if event.distance is None else float(event.distance),
                  vector.astype(_VECTOR_DTYPE).tobytes(), event.crop_jpeg))
+            self._purge(cur)  # in the same transaction: one commit per visit
             if group is not None:
                 count = int(cur.execute("SELECT COUNT(*) FROM visits WHERE group_id = ?", (group,)).fetchone()[0])
-        self.purge()
         return replace(event, group=group, group_visits=count)
 
     def purge(self) -> int:
         """Apply the retention policy now; the number of visits deleted."""
-        now = self._clock()
-        budget = self.settings.max_mb * 1e6
         with self.gallery.transaction() as cur:
-            doomed = [i for (i,) in cur.execute("SELECT id FROM visits WHERE timestamp < ?",
-                                                (now - self.settings.days * SECONDS_PER_DAY,))]
-            total = 0.0
-            for visit_id, size in cur.execute("SELECT id, length(embedding) + IFNULL(length(crop), 0) FROM visits "
-                                              "WHERE timestamp >= ? ORDER BY timestamp DESC, id DESC",
-                                              (now - self.settings.days * SECONDS_PER_DAY,)).fetchall():
-                total += size
-                if total > budget:
-                    doomed.append(visit_id)
-            if not doomed:
-                return 0
-            groups = set()
-            for start in range(0, len(doomed), 500):
-                chunk = doomed[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                groups.update(g for (g,) in cur.execute(
-                    f"SELECT DISTINCT group_id FROM visits WHERE id IN ({marks}) AND group_id IS NOT NULL", chunk))
-                cur.execute(f"DELETE FROM visits WHERE id IN ({marks})", chunk)
-            self._refresh_groups(cur, groups)
+            return self._purge(cur)
+
+    def _purge(self, cur) -> int:
+        oldest_kept = self._clock() - self.settings.days * SECONDS_PER_DAY
+        budget = self.settings.max_mb * 1e6
+        doomed = [i for (i,) in cur.execute("SELECT id FROM visits WHERE timestamp < ?", (oldest_kept,))]
+        total = 0.0
+        for visit_id, size in cur.execute("SELECT id, length(embedding) + IFNULL(length(crop), 0) FROM visits "
+                                          "WHERE timestamp >= ? ORDER BY timestamp DESC, id DESC",
+                                          (oldest_kept,)).fetchall():
+            total += size
+            if total > budget:
+                doomed.append(visit_id)
+        if not doomed:
+            return 0
+        groups = set()
+        for start in range(0, len(doomed), 500):
+            chunk = doomed[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            groups.update(g for (g,) in cur.execute(
+                f"SELECT DISTINCT group_id FROM visits WHERE id IN ({marks}) AND group_id IS NOT NULL", chunk))
+            cur.execute(f"DELETE FROM visits WHERE id IN ({marks})", chunk)
+        self._refresh_groups(cur, groups)
         logger.info("visit log %s: %d visit(s) past the retention policy deleted", self.gallery.path, len(doomed))
         return len(doomed)
 
