@@ -159,6 +159,18 @@ def test_two_browsers_naming_one_group_at_once_name_it_once(served):
     assert set(people) == {KNOWN, winner} and people[winner]["embeddings"] == 3
 
 
+def test_a_wrong_enrolled_face_is_excluded_from_the_page(served):
+    person = served.json("/api/state")[1]["people"][0]
+    sample = person["samples"][0]["id"]
+    status, body = served.json("/api/people/exclude-sample", {"name": person["name"], "sample": 99999})
+    assert status == 404 and "has no enrolled face 99999" in body["error"]
+    status, body = served.json("/api/people/exclude-sample", {"name": person["name"], "sample": "first"})
+    assert status == 400 and "'sample'" in body["error"]
+    status, body = served.json("/api/people/exclude-sample", {"name": person["name"], "sample": sample})
+    assert status == 200 and body["embeddings"] == person["embeddings"] - 1
+    assert served.request(f"/api/samples/{sample}.jpg")[0] == 404  # no longer one of their faces
+
+
 def test_the_page_reads_what_a_running_doorface_run_writes(served, cli_env):
     """Both at once on one gallery file (SQLite WAL): the run records while the page is read and changed."""
     before = served.json("/api/state")[1]
