@@ -2,7 +2,8 @@
 # Install doorface into ./.venv. Idempotent and non-interactive; safe to run again.
 #
 # Usage: ./install.sh [--dev] [--pi-os] [--help]
-#   --dev     also install the converters (TensorFlow), test tools and mosquitto (MQTT broker for tests)
+#   --dev     also install the converters (TensorFlow), test tools, mosquitto (MQTT broker for tests) and
+#             chromium + chromium-driver (the review page's browser test)
 #   --pi-os   take the Raspberry Pi OS path (apt's numpy, OpenCV and picamera2) on another Debian, e.g. to test it
 set -euo pipefail
 
@@ -122,6 +123,8 @@ PY=.venv/bin/python
 EXTRA=""
 if [ "$DEV" -eq 1 ]; then
     apt_install mosquitto
+    # The review page's test drives Debian's headless Chromium through its driver (Selenium, from the dev extra).
+    apt_install chromium chromium-driver
     EXTRA="[dev]"
 fi
 
@@ -136,7 +139,7 @@ if [ "$PI_OS" -eq 1 ]; then
     "${PIP_PI[@]}" --no-deps -e ".$EXTRA"
     "${PIP_PI[@]}" "pyyaml>=6.0" "paho-mqtt>=2.0"
     if [ "$DEV" -eq 1 ]; then
-        "${PIP_PI[@]}" "pytest>=7.4" "ruff>=0.5"
+        "${PIP_PI[@]}" "pytest>=7.4" "ruff>=0.5" "selenium>=4.10"
     fi
     # The interpreter that works with this numpy: ai-edge-litert where its wheel accepts it, else tflite-runtime
     # (which needs numpy < 2, as Bookworm's is).

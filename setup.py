@@ -54,7 +54,8 @@ class BuildPyWithBundled(build_py):
 
 
 CONVERT_EXTRAS = ["tensorflow-cpu==2.21.*", "joblib>=1.3", "lz4>=4.0", "tqdm>=4.60", "matplotlib>=3.7"]
-TEST_EXTRAS = ["pytest>=7.4", "ruff>=0.5"]
+# selenium drives the system's chromium (apt: chromium, chromium-driver) in the review page's test; never at run time.
+TEST_EXTRAS = ["pytest>=7.4", "ruff>=0.5", "selenium>=4.10"]
 
 setup(
     name="doorface",
@@ -64,6 +65,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["edge", "edge.*", "converters", "converters.*"]),
+    # The review page (doorface serve) is served from the package: no CDN, nothing fetched at run time.
+    package_data={"edge.review": ["static/*"]},
     # Runtime dependencies only: never TensorFlow here (it lives in the "convert" extra).
     # ai-edge-litert has no armv7l wheel, so it is skipped there. tflite-runtime (which needs numpy<2) is also
     # supported at run time as the interpreter when a user installs it themselves.

@@ -1,4 +1,4 @@
-"""``doorface``: the on-device command line."""
+"""``doorface``: the on-device command line (the review commands are in :mod:`edge.review.commands`)."""
 
 from __future__ import annotations
 
@@ -238,7 +238,13 @@ def _cmd_run(args) -> int:
     gallery = open_gallery(config, models.embedder.spec)
     household = _start_household(config, gallery)
     mqtt = config.mqtt
-    recognizer = build_recognizer(config, models, gallery, keep_crops=mqtt.enabled and mqtt.publish_crops)
+    recognizer = build_recognizer(config, models, gallery,
+                                  keep_crops=config.visits.enabled or (mqtt.enabled and mqtt.publish_crops))
+    record = None
+    if config.visits.enabled:
+        from edge.visits import open_visit_log
+
+        record = open_visit_log(gallery, config, models.manifest.entry(models.embedder.key)).record
     persons = [p.name for p in gallery.persons()]
     sinks = []
     publisher = None
@@ -271,7 +277,8 @@ def _cmd_run(args) -> int:
         with open_source(cam.source, width=cam.width, height=cam.height,
                          reconnect_max_delay=cam.reconnect_max_delay) as source:
             summary = run(source, recognizer, sinks, stop=stop, max_frames=args.max_frames, on_frame=watcher,
-                          departure_sinks=[publisher.publish_departure] if publisher is not None else ())
+                          departure_sinks=[publisher.publish_departure] if publisher is not None else (),
+                          record=record)
     finally:
         gallery.close()
         if household is not None:
@@ -404,6 +411,10 @@ def _cmd_people(args) -> int:
         elif args.action == "rename":
             gallery.rename(args.names[0], args.names[1])
             print(f"renamed {args.names[0]!r} to {args.names[1]!r}", file=sys.stderr)
+        elif args.action == "merge":
+            person = gallery.merge(args.names[0], args.names[1])
+            print(f"merged {args.names[0]!r} into {person.name!r}: {person.embeddings} face(s), and their visits",
+                  file=sys.stderr)
         else:
             gallery.remove(args.names[0])
             print(f"removed {args.names[0]!r} and their faces", file=sys.stderr)
@@ -518,13 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--seconds", type=float, help="longest --video capture (default: enroll.seconds, 20 s)")
     enroll.set_defaults(func=_cmd_enroll)
 
-    people = sub.add_parser("people", parents=[common, gallery_opt], help="list, rename or remove enrolled people")
-    people.add_argument("action", nargs="?", default="list", choices=("list", "rename", "remove", "thumbnails"),
-                        help="what to do (default: list)")
+    people = sub.add_parser("people", parents=[common, gallery_opt],
+                            help="list, rename, merge or remove enrolled people")
+    people.add_argument("action", nargs="?", default="list",
+                        choices=("list", "rename", "merge", "remove", "thumbnails"), help="what to do (default: list)")
     people.add_argument("names", nargs="*", metavar="NAME",
-                        help="rename: OLD NEW; remove: NAME; thumbnails: NAME OUT_DIR (the enrolled faces as JPEG)")
+                        help="rename: OLD NEW; merge: NAME INTO (NAME's faces and visits go to INTO); remove: NAME; "
+                             "thumbnails: NAME OUT_DIR (the enrolled faces as JPEG)")
     people.add_argument("--json", action="store_true", help="list as JSON")
     people.set_defaults(func=_cmd_people)
+
+    from edge.review.commands import add_parsers
+
+    add_parsers(sub, [common, gallery_opt], lambda func: lambda args: func(args, _load_runtime_config(args)))
 
     doctor = sub.add_parser("doctor", parents=[common, gallery_opt, broker_opt],
                             help="check camera, models, interpreter, accelerator, gallery and broker")
@@ -545,17 +562,25 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("doorface: error: --threads must be >= 1", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if getattr(args, "mqtt_port", None) is not None and not 1 <= args.mqtt_port <= 65535:
-        print(f"doorface: error: --mqtt-port must be between 1 and 65535, got {args.mqtt_port}", file=sys.stderr)
-        return EXIT_SETUP_ERROR
+    for option in ("mqtt_port", "port"):
+        value = getattr(args, option, None)
+        if value is not None and not 1 <= value <= 65535:
+            print(f"doorface: error: --{option.replace('_', '-')} must be between 1 and 65535, got {value}",
+                  file=sys.stderr)
+            return EXIT_SETUP_ERROR
     if args.command == "enroll" and (args.samples is not None and args.samples < 1
                                      or args.seconds is not None and not args.seconds > 0):
         print("doorface: error: --samples must be >= 1 and --seconds > 0", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "remove": 1,
+    if args.command == "people" and len(args.names) != {"list": 0, "rename": 2, "merge": 2, "remove": 1,
                                                         "thumbnails": 2}[args.action]:
-        print("doorface: error: usage: people [list | rename OLD NEW | remove NAME | thumbnails NAME OUT_DIR]",
-              file=sys.stderr)
+        print("doorface: error: usage: people [list | rename OLD NEW | merge NAME INTO | remove NAME | "
+              "thumbnails NAME OUT_DIR]", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    from edge.review.commands import usage_error
+
+    if usage_error(args):
+        print(f"doorface: error: {usage_error(args)}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     from edge.gallery import GalleryError
     from edge.household import HouseholdError

@@ -197,6 +197,51 @@ class EnrollConfig:
                                         high=100.0)
 
 
+@dataclass(frozen=True)
+class VisitsConfig:
+    """The visit log: each event's best face crop and embedding, kept on the device for review (`doorface serve`)."""
+
+    enabled: bool = _field(True, "keep each visit's face crop (a small JPEG) and embedding in the gallery file, "
+                                 "for `doorface visitors` and `doorface serve`; nothing leaves the device")
+    days: float = _field(7.0, "keep visits this many days; older ones (crop and embedding) are deleted",
+                         low=0.01, high=3650.0)
+    max_mb: float = _field(200.0, "and at most this many megabytes of crops and embeddings; the oldest go first",
+                           low=1.0, high=100000.0)
+    max_samples: int = _field(10, "faces an unknown group gives the person it is named as (its latest visits')",
+                              low=1, high=1000)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """`doorface serve`: the review page of visits, unknown visitors and people."""
+
+    host: str = _field("127.0.0.1", "address to listen on; anything but loopback needs a token (token_env or "
+                                    "token_file)")
+    port: int = _field(8080, "port to listen on", low=1, high=65535)
+    token_env: str = _field("DOORFACE_REVIEW_TOKEN", "environment variable holding the page's access token")
+    token_file: Optional[str] = _field(None, "file holding the access token (used when the variable is unset)")
+    max_upload_mb: float = _field(8.0, "largest photo the page accepts for enrollment, in megabytes",
+                                  low=0.1, high=100.0)
+    max_upload_pixels: int = _field(40_000_000, "largest photo (width x height, read from its header before "
+                                                "decoding) the page accepts", low=10_000, high=120_000_000)
+
+    def token(self) -> Optional[str]:
+        """The access token from the environment, else from token_file; never logged."""
+        value = os.environ.get(self.token_env)
+        if value:
+            return value
+        if self.token_file:
+            path = Path(self.token_file).expanduser()
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"review.token_file: cannot read {path}: {exc.strerror}") from None
+            if not value:
+                raise ConfigError(f"review.token_file: {path} is empty; write a long random token in it")
+            return value
+        return None
+
+
 def _check_host(host: str) -> None:
     """A host name or address only: a port or a URL scheme in it would fail much later, at connect time."""
     if not host or host != host.strip():
@@ -327,6 +372,10 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"description": "MQTT and Home Assistant"})
     household: HouseholdConfig = field(default_factory=HouseholdConfig,
                                        metadata={"description": "one gallery shared by the cameras of a home"})
+    visits: VisitsConfig = field(default_factory=VisitsConfig, metadata={"description": "the visit log (face crops "
+                                                                                        "kept for review)"})
+    review: ReviewConfig = field(default_factory=ReviewConfig, metadata={"description": "the review page "
+                                                                                        "(doorface serve)"})
 
 
 def _type_name(tp: Any) -> str:

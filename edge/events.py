@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
+import numpy as np
+
 RECOGNIZED = "recognized"
 UNKNOWN = "unknown"
 EVENT_KINDS = (RECOGNIZED, UNKNOWN)
@@ -37,8 +39,11 @@ class Event:
     named person, averaged over the track's voting frames; for ``unknown``, the probability that they are none of
     the enrolled persons). ``distance`` is the track's median embedding distance to the chosen person (for
     ``unknown``: to the nearest person, or None with an empty gallery). ``box`` is ``[x1, y1, x2, y2]`` in frame
-    pixels at the moment of the decision. ``crop_jpeg`` is never part of the payload; it is published separately
-    and only when configured.
+    pixels at the moment of the decision. ``crop_jpeg`` (the track's best face, aligned) and ``embedding`` (the
+    track's mean embedding, a unit vector) are never part of the payload: they stay on the device in the visit log
+    (:mod:`edge.visits`), and the crop is published only when configured. ``group`` is the unknown-visitor group the
+    visit log put an ``unknown`` visit in, ``group_visits`` how many visits that group holds with this one (both
+    None for a recognized visit or with the visit log off).
     """
 
     kind: str
@@ -53,6 +58,9 @@ class Event:
     frames: int = 0
     event_id: str = field(default_factory=new_event_id)
     crop_jpeg: Optional[bytes] = field(default=None, repr=False, compare=False)
+    embedding: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    group: Optional[int] = None
+    group_visits: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -76,6 +84,8 @@ class Event:
             "frames": int(self.frames),
             "timestamp": iso_utc(self.timestamp),
             "embedder": self.embedder,
+            "group": self.group,
+            "group_visits": self.group_visits,
         }
 
 

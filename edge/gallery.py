@@ -17,6 +17,12 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA application_i
     persons     id, name UNIQUE, created, updated    name: display name, NFC-normalised, any script
     embeddings  id, person_id → persons ON DELETE CASCADE, vector BLOB (little-endian float32 × dim),
                 source TEXT (photo path or "video:<file>#<frame>"), created, thumbnail BLOB NULL (JPEG)
+    exclusions  the same columns as embeddings: faces marked "not this person" (a wrong match corrected); the
+                matcher never names the person for a face closer to one of these than to the person's own faces
+
+Other modules may keep their own tables in the same file (the visit log, :mod:`edge.visits`) through
+:meth:`Gallery.transaction` and :meth:`Gallery.read`; a foreign key to ``persons(id)`` makes their rows follow a
+person through :meth:`Gallery.merge` and go with them on :meth:`Gallery.remove`.
 """
 
 from __future__ import annotations
@@ -64,7 +70,18 @@ CREATE TABLE IF NOT EXISTS embeddings (
     thumbnail BLOB
 );
 CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id);
+CREATE TABLE IF NOT EXISTS exclusions (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES persons(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    source TEXT NOT NULL,
+    created REAL NOT NULL,
+    thumbnail BLOB
+);
+CREATE INDEX IF NOT EXISTS exclusions_person ON exclusions(person_id);
 """
+# Tables added after schema version 1 shipped: created on open when missing (an older doorface ignores them).
+_ADDED_TABLES = ("exclusions",)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -86,7 +103,11 @@ class InvalidNameError(GalleryError):
 
 
 class NameTakenError(GalleryError):
-    """Renaming onto a name another enrolled person already has."""
+    """Renaming onto (or creating) a name another enrolled person already has."""
+
+
+class SampleNotFound(GalleryError):
+    """No enrolled face (sample) has that id, or it belongs to another person."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,18 @@ class Person:
 
 @dataclass(frozen=True)
 class Sample:
-    """One stored embedding of a person: its row id, vector (float32), where it came from, and its thumbnail."""
+    """One enrolled face of a person: where it came from and whether a thumbnail was kept."""
+
+    id: int
+    person: str
+    source: str
+    created: float
+    has_thumbnail: bool
+
+
+@dataclass(frozen=True)
+class StoredFace:
+    """One stored embedding of a person with its vector and thumbnail bytes (what the household sync shares)."""
 
     id: int
     vector: np.ndarray
@@ -139,6 +171,7 @@ class Gallery:
         self._path = path
         self._conn: Optional[sqlite3.Connection] = connection
         self._meta = meta
+        self._depth = 0  # savepoints open inside transaction()
 
     # --- opening -------------------------------------------------------------------------------------------------
 
@@ -190,6 +223,7 @@ class Gallery:
                 _check_meta(meta, expected, path)
                 # Only after the checks: switching the journal mode writes to the file header.
                 conn.execute("PRAGMA journal_mode=WAL")
+                _add_missing_tables(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise _db_error(path, exc) from None
@@ -299,13 +333,37 @@ class Gallery:
         return [str(s) for (s,) in self._query("SELECT source FROM embeddings WHERE person_id = ? ORDER BY id",
                                                 (person.id,))]
 
-    def samples(self, name: str) -> list[Sample]:
-        """Each of the person's embeddings with its row id, source and thumbnail, in enrollment order."""
+    def faces(self, name: str) -> list[StoredFace]:
+        """Each of the person's embeddings with its row id, vector, source and thumbnail, in enrollment order."""
         person = self.person(name)
         rows = self._query("SELECT id, vector, source, thumbnail FROM embeddings WHERE person_id = ? ORDER BY id",
                            (person.id,))
-        return [Sample(int(i), self._vector(blob, person.name), str(source), None if thumb is None else bytes(thumb))
-                for i, blob, source, thumb in rows]
+        return [StoredFace(int(i), self._vector(blob, person.name), str(source),
+                           None if thumb is None else bytes(thumb)) for i, blob, source, thumb in rows]
+
+    def samples(self, name: str) -> list[Sample]:
+        """The person's enrolled faces, in enrollment order."""
+        person = self.person(name)
+        rows = self._query("SELECT id, source, created, thumbnail IS NOT NULL FROM embeddings WHERE person_id = ? "
+                           "ORDER BY id", (person.id,))
+        return [Sample(int(i), person.name, str(s), float(c), bool(t)) for i, s, c, t in rows]
+
+    def sample_thumbnail(self, sample_id: int) -> bytes:
+        """The JPEG thumbnail of one enrolled face, or :class:`SampleNotFound` (unknown id, or none kept)."""
+        rows = self._query("SELECT thumbnail FROM embeddings WHERE id = ?", (int(sample_id),))
+        if not rows or rows[0][0] is None:
+            raise SampleNotFound(f"gallery {self._path} has no enrolled face {sample_id} with a thumbnail")
+        return bytes(rows[0][0])
+
+    def exclusions(self) -> dict[str, np.ndarray]:
+        """name → (k, dim) float32 faces marked "not this person", for the persons that have any."""
+        rows = self._query(
+            "SELECT p.name, x.vector FROM exclusions x JOIN persons p ON p.id = x.person_id ORDER BY p.name, x.id"
+        )
+        grouped: dict[str, list[np.ndarray]] = {}
+        for name, blob in rows:
+            grouped.setdefault(str(name), []).append(self._vector(blob, name))
+        return {name: np.stack(vectors) for name, vectors in grouped.items()}
 
     def revision(self) -> int:
         """A counter bumped by every write, from any process: poll it to know when to rebuild a matcher."""
@@ -320,41 +378,79 @@ class Gallery:
         vectors: np.ndarray,
         sources: Sequence[str],
         thumbnails: Optional[Sequence[Optional[bytes]]] = None,
+        *,
+        new_person: bool = False,
     ) -> Person:
         """Add embeddings (N, dim) to ``name``, creating the person if new; all or nothing, in one transaction.
+
+        ``new_person=True``: the person must not exist yet (naming an unknown visitor), else :class:`NameTakenError`.
 
         Raises:
             InvalidNameError: see :func:`validate_name`.
             ValueError: vectors of the wrong shape, not finite or zero, or sources/thumbnails of another length.
         """
         clean = validate_name(name)
-        vectors = np.asarray(vectors)
-        if vectors.ndim == 1:
-            vectors = vectors[None]
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) == 0:
-            raise ValueError(f"expected embeddings of shape (N >= 1, {self.dim}) for gallery {self._path} "
-                             f"(embedder {self.embedder_key}), got {vectors.shape}")
-        vectors = vectors.astype(_VECTOR_DTYPE)
-        if not np.all(np.isfinite(vectors)) or np.any(np.linalg.norm(vectors, axis=1) == 0):
-            raise ValueError("embeddings must be finite and non-zero")
-        sources = list(sources)
-        if len(sources) != len(vectors) or not all(isinstance(s, str) for s in sources):
-            raise ValueError(f"expected {len(vectors)} source strings, one per embedding, got {len(sources)}")
-        thumbs = [None] * len(vectors) if thumbnails is None else list(thumbnails)
-        if len(thumbs) != len(vectors):
-            raise ValueError(f"expected {len(vectors)} thumbnails (or None), got {len(thumbs)}")
+        rows = self._rows(vectors, sources, thumbnails)
         now = time.time()
         with self._write() as cur:
+            if new_person and cur.execute("SELECT 1 FROM persons WHERE name = ?", (clean,)).fetchone():
+                raise NameTakenError(f"{clean!r} is already enrolled in {self._path}; choose another name, or add "
+                                     f"these faces to {clean!r} instead")
             cur.execute("INSERT INTO persons (name, created, updated) VALUES (?, ?, ?) "
                         "ON CONFLICT(name) DO UPDATE SET updated = excluded.updated", (clean, now, now))
             person_id = cur.execute("SELECT id FROM persons WHERE name = ?", (clean,)).fetchone()[0]
             cur.executemany(
                 "INSERT INTO embeddings (person_id, vector, source, created, thumbnail) VALUES (?, ?, ?, ?, ?)",
-                [(person_id, v.tobytes(), s, now, None if t is None else sqlite3.Binary(bytes(t)))
-                 for v, s, t in zip(vectors, sources, thumbs)],
+                [(person_id, *row[:2], now, row[2]) for row in rows],
             )
-        logger.info("gallery %s: added %d embedding(s) to %r", self._path, len(vectors), clean)
+        logger.info("gallery %s: added %d embedding(s) to %r", self._path, len(rows), clean)
         return self.person(clean)
+
+    def exclude(self, name: str, vectors: np.ndarray, sources: Sequence[str],
+                thumbnails: Optional[Sequence[Optional[bytes]]] = None) -> Person:
+        """Mark faces (N, dim) as "not ``name``" (a wrong match corrected): the matcher will not name ``name`` for a
+        face closer to one of these than to ``name``'s own faces, and sets aside ``name``'s enrolled faces that lie
+        closer to them than to the rest of ``name``'s."""
+        person = self.person(name)
+        rows = self._rows(vectors, sources, thumbnails)
+        with self._write() as cur:
+            cur.executemany(
+                "INSERT INTO exclusions (person_id, vector, source, created, thumbnail) VALUES (?, ?, ?, ?, ?)",
+                [(person.id, *row[:2], time.time(), row[2]) for row in rows],
+            )
+            cur.execute("UPDATE persons SET updated = ? WHERE id = ?", (time.time(), person.id))
+        logger.info("gallery %s: %d face(s) marked as not %r", self._path, len(rows), person.name)
+        return self.person(person.name)
+
+    def exclude_sample(self, name: str, sample_id: int) -> Person:
+        """One of ``name``'s enrolled faces is someone else: it stops being theirs and becomes an exclusion."""
+        person = self.person(name)
+        with self._write() as cur:
+            moved = cur.execute(
+                "INSERT INTO exclusions (person_id, vector, source, created, thumbnail) "
+                "SELECT person_id, vector, source, ?, thumbnail FROM embeddings WHERE id = ? AND person_id = ?",
+                (time.time(), int(sample_id), person.id)).rowcount
+            if not moved:
+                raise SampleNotFound(f"{person.name!r} has no enrolled face {sample_id} in {self._path}; list them "
+                                     f"with `doorface people samples {person.name!r}`")
+            cur.execute("DELETE FROM embeddings WHERE id = ?", (int(sample_id),))
+            cur.execute("UPDATE persons SET updated = ? WHERE id = ?", (time.time(), person.id))
+        logger.info("gallery %s: face %d of %r excluded", self._path, sample_id, person.name)
+        return self.person(person.name)
+
+    def merge(self, source: str, target: str) -> Person:
+        """``source`` and ``target`` are one person: ``source``'s faces, exclusions and every row of other tables
+        that refers to them (their visits) move to ``target``, and ``source`` is removed."""
+        src, dst = self.person(source), self.person(target)
+        if src.id == dst.id:
+            raise InvalidNameError(f"cannot merge {src.name!r} into itself; name two different people")
+        with self._write() as cur:
+            for table, column in _person_references(cur):
+                cur.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE "{column}" = ?', (dst.id, src.id))
+            cur.execute("DELETE FROM persons WHERE id = ?", (src.id,))
+            cur.execute("UPDATE persons SET updated = ? WHERE id = ?", (time.time(), dst.id))
+        logger.info("gallery %s: merged %r into %r", self._path, src.name, dst.name)
+        return self.person(dst.name)
 
     def rename(self, old: str, new: str) -> Person:
         """Rename a person, keeping their embeddings. :class:`NameTakenError` if ``new`` is someone else's."""
@@ -394,7 +490,74 @@ class Gallery:
         logger.info("gallery %s: removed %d embedding(s) of %r", self._path, len(ids), person.name)
         return person if left == 0 else self.person(person.name)
 
+    # --- the file's other tables --------------------------------------------------------------------------------------
+
+    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a query on this file (for modules that keep their own tables here); errors as GalleryError."""
+        return self._query(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction on this file, for changes that must land together or not at all (naming a visitor
+        group: the person's new faces and the visits they came from). Gallery methods called inside join it; only
+        they bump :meth:`revision`. Nested uses are savepoints."""
+        conn = self._connection()
+        if conn.in_transaction:
+            name = f"nested_{id(conn)}_{self._depth}"
+            self._depth += 1
+            try:
+                conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield conn.cursor()
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        conn.execute(f"ROLLBACK TO {name}")
+                        conn.execute(f"RELEASE {name}")
+                    raise
+                conn.execute(f"RELEASE {name}")
+            except sqlite3.Error as exc:
+                raise _db_error(self._path, exc) from None
+            finally:
+                self._depth -= 1
+            return
+        try:
+            # IMMEDIATE takes the write lock up front, so a concurrent writer waits instead of failing mid-way.
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _db_error(self._path, exc) from None
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # The transaction may already be gone (e.g. the disk failed); the error re-raised below says why.
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _db_error(self._path, exc) from None
+            raise
+
     # --- internals -----------------------------------------------------------------------------------------------
+
+    def _rows(self, vectors: np.ndarray, sources: Sequence[str],
+              thumbnails: Optional[Sequence[Optional[bytes]]]) -> list[tuple]:
+        """(vector bytes, source, thumbnail) rows, checked: see :meth:`add`."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) == 0:
+            raise ValueError(f"expected embeddings of shape (N >= 1, {self.dim}) for gallery {self._path} "
+                             f"(embedder {self.embedder_key}), got {vectors.shape}")
+        vectors = vectors.astype(_VECTOR_DTYPE)
+        if not np.all(np.isfinite(vectors)) or np.any(np.linalg.norm(vectors, axis=1) == 0):
+            raise ValueError("embeddings must be finite and non-zero")
+        sources = list(sources)
+        if len(sources) != len(vectors) or not all(isinstance(s, str) for s in sources):
+            raise ValueError(f"expected {len(vectors)} source strings, one per embedding, got {len(sources)}")
+        thumbs = [None] * len(vectors) if thumbnails is None else list(thumbnails)
+        if len(thumbs) != len(vectors):
+            raise ValueError(f"expected {len(vectors)} thumbnails (or None), got {len(thumbs)}")
+        return [(v.tobytes(), s, None if t is None else sqlite3.Binary(bytes(t)))
+                for v, s, t in zip(vectors, sources, thumbs)]
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -409,24 +572,13 @@ class Gallery:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
-        conn = self._connection()
-        try:
-            # IMMEDIATE takes the write lock up front, so a concurrent writer waits instead of failing mid-way.
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _db_error(self._path, exc) from None
-        try:
-            cur = conn.cursor()
-            yield cur
-            cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            # The transaction may already be gone (e.g. the disk failed); the error re-raised below says why.
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+        """A transaction (or a savepoint inside one) that changes who is enrolled: it bumps the revision."""
+        with self.transaction() as cur:
+            try:
+                yield cur
+                cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+            except sqlite3.Error as exc:
                 raise _db_error(self._path, exc) from None
-            raise
 
     def _vector(self, blob: bytes, name: str) -> np.ndarray:
         if len(blob) != self.dim * _VECTOR_DTYPE.itemsize:
@@ -504,6 +656,32 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise _db_error(path, exc) from None
     return conn
+
+
+def _add_missing_tables(conn: sqlite3.Connection) -> None:
+    have = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if all(table in have for table in _ADDED_TABLES):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)  # all IF NOT EXISTS: only the missing ones are made
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _person_references(cur: sqlite3.Cursor) -> list[tuple[str, str]]:
+    """(table, column) of every foreign key to persons(id) in the file, whichever module made the table."""
+    tables = [name for (name,) in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    found = []
+    for table in tables:
+        for row in cur.execute(f'PRAGMA foreign_key_list("{table}")').fetchall():
+            if row[2] == "persons" and (row[4] in (None, "id")):
+                found.append((table, str(row[3])))
+    return found
 
 
 def _read_meta(conn: sqlite3.Connection, path: Path) -> Optional[dict[str, str]]:

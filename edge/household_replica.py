@@ -100,7 +100,7 @@ def _local_view(gallery: Gallery) -> dict[tuple[int, float], _LocalPerson]:
     view = {}
     for person in gallery.persons():
         samples = {}
-        for s in gallery.samples(person.name):
+        for s in gallery.faces(person.name):
             raw = np.asarray(s.vector, dtype=VECTOR_DTYPE).tobytes()
             samples.setdefault(sample_id(raw), _LocalSample(s.id, raw, s.source, s.thumbnail))
         view[(person.id, person.created)] = _LocalPerson(person.id, person.created, person.name, samples)

@@ -14,6 +14,11 @@ Conversion rules (shared by :func:`load_image` and :func:`to_rgb`):
 * Grayscale (H×W or H×W×1) is repeated into three equal channels; a fourth (alpha) channel is dropped, never
   composited.
 
+Size first: the width and height are read from the file's header (JPEG, PNG, BMP, GIF, WebP, TIFF, PNM) and checked
+against the pixel limit before anything is decoded, so a 20000×20000 PNG of a few kilobytes is refused at once, not
+after the decoder has taken gigabytes (which kills a 1–2 GB Raspberry Pi). A file whose header does not say its size
+in one of those formats is refused: its decoded size could not be bounded.
+
 Limitation: OpenCV decodes a JPEG that is cut off part-way through (after its header) without an error, filling the
 missing part with gray; such files cannot be told apart from valid ones here. Files too short to hold a complete
 header are rejected.
@@ -24,7 +29,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -62,7 +69,24 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
             size, or has more than :data:`MAX_IMAGE_PIXELS` pixels.
     """
     shown = _display_path(path)
-    data = _read_bytes(path, shown)
+    return decode_image(_read_bytes(path, shown), shown)
+
+
+def decode_image(data, shown: str = "(bytes)", *, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode an encoded image (bytes or a uint8 array) as :func:`load_image` does, after checking the size its
+    header states against ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`); ``shown`` names it in errors."""
+    limit = f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}" if max_pixels is None else f"{max_pixels:,}"
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    size = image_size(data.tobytes())  # a copy of the file, not of its pixels: a TIFF's header may be at its end
+    if size is None:
+        raise _load_error(shown, "not a decodable image (corrupt or unsupported format): its size cannot be read "
+                                 "from its header (JPEG, PNG, BMP, GIF, WebP, TIFF and PNM are read); re-save it as "
+                                 "JPEG or PNG")
+    width, height = size
+    if width * height > max_pixels:
+        raise _load_error(shown, f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+                                 f"{limit}; downscale it before loading (refused from its header, before decoding)")
     try:
         decoded = cv2.imdecode(data, _DECODE_FLAGS)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit, or a malformed header it asserts on
@@ -75,11 +99,11 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     height, width = decoded.shape[:2]
     if height * width == 0:
         raise _load_error(shown, "image has zero size")
-    if height * width > MAX_IMAGE_PIXELS:
+    if height * width > max_pixels:  # a header that understated the size
         raise _load_error(
             shown,
-            f"image is {width}x{height} = {height * width:,} pixels, more than the limit of "
-            f"MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}; downscale it before loading",
+            f"image is {width}x{height} = {height * width:,} pixels, more than the limit of {limit}; downscale it "
+            "before loading",
         )
     if decoded.ndim == 3 and decoded.shape[2] == 2:  # gray + alpha, should a decoder ever return it
         decoded = decoded[..., 0]
@@ -150,6 +174,94 @@ def save_image(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     encoded.tofile(target)
     logger.debug("saved %s: %dx%d", shown, bgr.shape[1], bgr.shape[0])
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(head: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) as stated by the header of an image file (its first bytes; for TIFF, wherever its first
+    directory is), or None when the format is not one this reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PNM) or the
+    header is cut short or damaged. Nothing is decoded."""
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg_size(head)
+        if head.startswith(b"BM"):
+            if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+                return struct.unpack("<HH", head[18:22])
+            width, height = struct.unpack("<ii", head[18:26])
+            return abs(width), abs(height)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", head[6:10])
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(head)
+        if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
+            return _pnm_size(head)
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(head: bytes) -> Optional[tuple[int, int]]:
+    at = 2
+    while at + 4 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers
+            at += 2
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", head[at + 5:at + 9])
+            return width, height
+        if marker in (0xD9, 0xDA):  # end of image, start of scan before any frame header
+            return None
+        at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
+    return None
+
+
+def _webp_size(head: bytes) -> Optional[tuple[int, int]]:
+    chunk = head[12:16]
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        b0, b1, b2, b3 = head[21:25]
+        return 1 + (((b1 & 0x3F) << 8) | b0), 1 + (((b3 & 0x0F) << 10) | (b2 << 2) | ((b1 & 0xC0) >> 6))
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    return None
+
+
+def _tiff_size(head: bytes) -> Optional[tuple[int, int]]:
+    order = "<" if head[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", head[4:8])
+    (count,) = struct.unpack(order + "H", head[ifd:ifd + 2])
+    found = {}
+    for n in range(count):
+        entry = head[ifd + 2 + 12 * n:ifd + 14 + 12 * n]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            value = entry[8:10] if kind == 3 else entry[8:12]
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value)[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _pnm_size(head: bytes) -> Optional[tuple[int, int]]:
+    tokens: list[int] = []
+    for line in head[2:4096].split(b"\n"):
+        for word in line.split(b"#", 1)[0].split():
+            tokens.append(int(word))
+            if len(tokens) == 2:
+                return tokens[0], tokens[1]
+    return None
 
 
 def _load_error(shown: str, reason: str) -> ImageError:

@@ -17,6 +17,10 @@ A face is accepted as the closest person only if both rules hold:
 * **Margin** (the second closest person is at least ``margin`` farther): two relatives who look alike (siblings,
   a parent and a grown child) can both be under the threshold; naming either would be a coin toss, so the face stays
   unrecognised until a clearer frame separates them. With one person enrolled the rule does not apply.
+* **Exclusions** (faces marked "not this person" after a wrong match, :meth:`Gallery.exclude`): a face is not named
+  as a person when it is closer to one of that person's exclusions than to the person; and the person's enrolled
+  faces that lie closer to an exclusion than to their own template are set aside, as outliers are. So correcting a
+  wrong match moves the decision boundary between that person and that look-alike, not the global threshold.
 
 :class:`Calibration` maps a distance to the probability that the two faces are the same person (a logistic fitted
 on LFW pairs by ``doorface-convert evaluate lfw``), for consumers that want a confidence rather than a yes/no.
@@ -211,6 +215,7 @@ class Matcher:
         threshold: float,
         margin: float = DEFAULT_MARGIN,
         calibration: Calibration,
+        exclusions: Optional[Mapping[str, np.ndarray]] = None,
     ):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
@@ -223,6 +228,7 @@ class Matcher:
         self.margin = float(margin)
         self.calibration = calibration
         self.templates: dict[str, Template] = {}
+        self.exclusions: dict[str, np.ndarray] = {}
         dims = set()
         for name, vectors in embeddings.items():
             vectors = np.asarray(vectors, dtype=np.float32)
@@ -231,6 +237,12 @@ class Matcher:
             if len(vectors) == 0:
                 continue
             dims.add(vectors.shape[1])
+            negatives = np.asarray((exclusions or {}).get(name, np.zeros((0, vectors.shape[1]))), dtype=np.float32)
+            if negatives.ndim == 1:
+                negatives = negatives[None]
+            if len(negatives):
+                self.exclusions[name] = l2_normalise(negatives)
+                vectors = self._without_excluded(name, vectors)
             self.templates[name] = person_template(vectors, metric=metric, threshold=self.threshold)
             dropped = int((~self.templates[name].inliers).sum())
             if dropped:
@@ -244,6 +256,20 @@ class Matcher:
         blocks = [np.vstack([t.vector[None], t.embeddings]) for t in self.templates.values()]
         self._starts = np.cumsum([0] + [len(b) for b in blocks[:-1]]).astype(np.intp)
         self._bank = np.vstack(blocks).astype(np.float32) if blocks else np.zeros((0, 0), np.float32)
+
+    def _without_excluded(self, name: str, vectors: np.ndarray) -> np.ndarray:
+        """``name``'s embeddings less those closer to one of their exclusions than to their own template (at least
+        one is always kept: an exclusion corrects a person, it never empties them)."""
+        template = person_template(vectors, metric=self.metric, threshold=self.threshold).vector
+        own = distance(vectors, template[None], self.metric)[:, 0]
+        nearest_excluded = distance(vectors, self.exclusions[name], self.metric).min(axis=1)
+        keep = nearest_excluded >= own
+        if not keep.any():
+            keep[int(np.argmin(own - nearest_excluded))] = True
+        if not keep.all():
+            logger.info("%r: %d of %d embeddings set aside, closer to a face marked not them", name,
+                        int((~keep).sum()), len(vectors))
+        return vectors[keep]
 
     @classmethod
     def from_gallery(
@@ -264,6 +290,7 @@ class Matcher:
             threshold=threshold_from_entry(entry, threshold_kind),
             margin=margin,
             calibration=calibration if calibration is not None else Calibration.from_entry(entry),
+            exclusions=gallery.exclusions(),
         )
 
     def __len__(self) -> int:
@@ -292,6 +319,12 @@ class Matcher:
         accepted = best <= self.threshold
         if second is not None:
             accepted &= (second - best) >= self.margin
+        if self.exclusions:
+            queries = self._queries(vectors)
+            for i in np.flatnonzero(accepted):
+                negatives = self.exclusions.get(self.names[order[i, 0]])
+                if negatives is not None and distance(queries[i:i + 1], negatives, self.metric).min() <= best[i]:
+                    accepted[i] = False
         matches = []
         for i in range(len(per_person)):
             person = self.names[order[i, 0]]

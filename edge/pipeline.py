@@ -71,7 +71,8 @@ class Recognizer:
         self.camera = config.camera.name
         self.keep_crops = keep_crops
         self._clock = clock
-        self._chips: dict[int, np.ndarray] = {}  # track id -> last embedded chip, for event crops
+        # track id -> (rank, chip) of its best embedded face so far (see _keep_best), for the event's crop
+        self._chips: dict[int, tuple[float, np.ndarray]] = {}
         self._last_timestamp = 0.0
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.counts = Counter()  # frames, detected frames, faces, embedded, and rejections by reason
@@ -117,7 +118,8 @@ class Recognizer:
         update = self.tracker.update(frame.timestamp, detections.boxes, assigned, embeddings, matches)
         final_ids = update.track_ids
         if self.keep_crops:
-            self._chips.update((final_ids[i], chip) for i, chip in chips.items())
+            for i, chip in chips.items():
+                self._keep_best(final_ids[i], chip, detections.boxes[i], float(detections.scores[i]))
         events = tuple(self._event(d) for d in update.decisions)
         if self._chips:  # drop the chips of tracks that ended undecided
             for track_id in set(self._chips) - set(self.tracker.boxes()):
@@ -132,6 +134,15 @@ class Recognizer:
         )
         departures = tuple(Departure(self.camera, name, seen) for name, seen in update.departed)
         return FrameResult(frame.index, frame.timestamp, True, faces, events, departures)
+
+    def _keep_best(self, track_id: int, chip: np.ndarray, box, score: float) -> None:
+        """The best face of a track is the one seen at the largest size (the most detail in the chip), as sure a
+        face as the detector says: the one a person reviewing visits recognises most easily."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        rank = min(x2 - x1, y2 - y1) * score
+        kept = self._chips.get(track_id)
+        if kept is None or rank >= kept[0]:
+            self._chips[track_id] = (rank, chip)
 
     def _detect(self, image: np.ndarray, area: motion.SearchArea) -> Detections:
         if area.kind == motion.IDLE:
@@ -150,7 +161,7 @@ class Recognizer:
         return tuple(Departure(self.camera, name, seen) for name, seen in self.tracker.end_visits())
 
     def _event(self, decision: Decision) -> Event:
-        chip = self._chips.pop(decision.track_id, None)
+        _, chip = self._chips.pop(decision.track_id, (0.0, None))
         return Event(
             kind=decision.kind,
             camera=self.camera,
@@ -163,6 +174,7 @@ class Recognizer:
             embedder=self.embedder.spec.key,
             frames=decision.frames,
             crop_jpeg=encode_jpeg(chip) if chip is not None else None,
+            embedding=decision.embedding,
         )
 
     def stats(self) -> dict:

@@ -19,7 +19,7 @@ from edge.config import Config
 from edge.detector import MtcnnDetector
 from edge.embedder import Embedder, EmbedderSpec
 from edge.events import Departure, Event
-from edge.gallery import Gallery
+from edge.gallery import Gallery, GalleryError
 from edge.interpreter import resolve_device
 from edge.manifest import Manifest
 from edge.matcher import Calibration, Matcher
@@ -133,21 +133,35 @@ def run(
     stop: Optional[threading.Event] = None,
     max_frames: Optional[int] = None,
     on_frame: Optional[Callable[[FrameResult], None]] = None,
+    record: Optional[Callable[[Event], Event]] = None,
 ) -> RunSummary:
     """Process frames until the source ends, ``stop`` is set or ``max_frames`` were read; every event to every sink.
 
     When the source ends (a file), the open tracks are decided too, so a visit at the very end still gives its
     event. Each ended visit of a recognized person goes to every ``departure_sinks`` callable (presence off). A sink
-    that raises stops the run: losing events silently is worse than stopping.
+    that raises stops the run: losing events silently is worse than stopping. ``record`` (the visit log's) sees
+    each event first and returns it as the sinks get it (with its unknown-visitor group); a visit log that cannot
+    be written (a full disk) must not keep the door from announcing visitors, so that error is logged and the event
+    goes out without a group.
     """
     sinks, departure_sinks = list(sinks), list(departure_sinks)
+
+    def recorded(event: Event) -> Event:
+        if record is None:
+            return event
+        try:
+            return record(event)
+        except GalleryError as exc:
+            log.error("visit %s not recorded in the visit log: %s", event.event_id, exc)
+            return event
+
     stop = stop or threading.Event()
     frames = events = 0
     start = time.perf_counter()
     for frame in source.frames(stop):
         result = recognizer.process(frame)
         frames += 1
-        for event in result.events:
+        for event in map(recorded, result.events):
             for sink in sinks:
                 sink(event)
             events += 1
@@ -161,7 +175,7 @@ def run(
             break
     stopped = stop.is_set()
     if not stopped:
-        for event in recognizer.finish():
+        for event in map(recorded, recognizer.finish()):
             for sink in sinks:
                 sink(event)
             events += 1

@@ -64,6 +64,7 @@ class Decision:
     box: tuple[float, float, float, float]
     frames: int
     timestamp: float
+    embedding: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # the track's mean, unit
 
 
 @dataclass(frozen=True)
@@ -419,4 +420,6 @@ class Tracker:
     def _decision(track: _Track, kind: str, name: Optional[str], confidence: float, distance: Optional[float],
                   frames: int, timestamp: float) -> Decision:
         box = tuple(round(float(v), 1) for v in track.box)
-        return Decision(track.id, kind, name, min(max(confidence, 0.0), 1.0), distance, box, frames, timestamp)
+        mean = track.mean_embedding()
+        return Decision(track.id, kind, name, min(max(confidence, 0.0), 1.0), distance, box, frames, timestamp,
+                        None if mean is None else mean.astype(np.float32))

@@ -146,3 +146,14 @@ def test_event_messages_topics_payloads_and_order():
     unknown = event_messages(make_event("unknown", crop=b"jpeg"), topics, publish_crops=False)
     assert [m.topic for m in unknown] == ["doorface/door/unknown", "doorface/door/event"]
     assert json.loads(unknown[1].payload)["event_type"] == "unknown"
+
+
+def test_an_unknown_event_tells_home_assistant_its_visitor_group():
+    """The same JSON goes to the event entity: an automation reads `group` and `group_visits` off it."""
+    event = Event("unknown", "door", None, 0.97, 0.8, (1, 2, 3, 4), 7, 1_800_000_000.0, "mobilefacenet",
+                  group=12, group_visits=3)
+    messages = event_messages(event, Topics("doorface", "door"))
+    assert [m.topic for m in messages] == ["doorface/door/unknown", "doorface/door/event"]
+    for message in messages:
+        payload = json.loads(message.payload)
+        assert payload["event_type"] == "unknown" and payload["group"] == 12 and payload["group_visits"] == 3

@@ -43,6 +43,9 @@ def test_door_video_gives_one_event_per_visitor_over_mqtt(tmp_path, door_video, 
     # Exactly one event per visitor, with the right names, in order.
     assert [e["name"] for e in recognized] == [PERSON_A, PERSON_B]
     assert len(unknown) == 1 and unknown[0]["name"] is None
+    # The stranger's unknown-visitor group (the visit log is on by default), for "the same stranger again".
+    assert isinstance(unknown[0]["group"], int) and unknown[0]["group_visits"] == 1
+    assert all(e["group"] is None for e in recognized)
     for event in recognized + unknown:
         assert event["camera"] == "front_door" and event["embedder"] == "mobilefacenet"
         assert 0.0 <= event["confidence"] <= 1.0 and len(event["box"]) == 4

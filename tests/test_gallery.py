@@ -344,3 +344,54 @@ def test_sigkill_during_adds_keeps_whole_adds_only(path, alice_gallery):
     burst = sum(n for name, n in counts.items() if name != "Alice")
     assert burst % rows == 0
     assert burst // rows in (completed, completed + 1)
+
+
+# --- changes the review page makes (one Gallery method each) ---------------------------------------------------------
+
+
+def test_a_new_person_must_be_new_and_a_failed_change_inside_a_transaction_leaves_nothing(tmp_path):
+    with open_gallery(tmp_path / "g.sqlite") as gallery:
+        gallery.add("Anna", unit_vectors(2), ["a", "b"])
+        revision = gallery.revision()
+        with pytest.raises(NameTakenError, match="'Anna' is already enrolled"):
+            gallery.add("Anna", unit_vectors(1, seed=1), ["c"], new_person=True)
+        with pytest.raises(NameTakenError), gallery.transaction():
+            gallery.add("Ben", unit_vectors(1, seed=2), ["d"], new_person=True)  # lands in the savepoint ...
+            gallery.add("Anna", unit_vectors(1, seed=3), ["e"], new_person=True)  # ... and this undoes all
+        assert [p.name for p in gallery.persons()] == ["Anna"] and gallery.revision() == revision
+        assert gallery.person("Anna").embeddings == 2
+
+
+def test_exclude_a_sample_merge_and_the_rows_that_follow_a_person(tmp_path):
+    with open_gallery(tmp_path / "g.sqlite") as gallery:
+        gallery.add("Anna", unit_vectors(3), ["a1", "a2", "a3"], [b"\xff\xd8a", None, None])
+        gallery.add("Ann", unit_vectors(2, seed=1), ["b1", "b2"])
+        gallery.exclude("Ann", unit_vectors(1, seed=2), ["visit:x"])
+        with gallery.transaction() as cur:  # another module's table that refers to persons (as the visit log does)
+            cur.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, person_id INTEGER REFERENCES persons(id) "
+                        "ON DELETE CASCADE)")
+            cur.execute("INSERT INTO notes (person_id) VALUES (?)", (gallery.person("Ann").id,))
+        first = gallery.samples("Anna")[0]
+        assert gallery.sample_thumbnail(first.id) == b"\xff\xd8a"
+        gallery.exclude_sample("Anna", first.id)
+        assert [s.source for s in gallery.samples("Anna")] == ["a2", "a3"]
+        assert len(gallery.exclusions()["Anna"]) == 1
+        with pytest.raises(GalleryError, match="has no enrolled face"):
+            gallery.exclude_sample("Anna", first.id)
+        with pytest.raises(InvalidNameError, match="into itself"):
+            gallery.merge("Anna", "Anna")
+        merged = gallery.merge("Ann", "Anna")
+        assert "Ann" not in gallery and merged.embeddings == 4 and len(gallery.exclusions()["Anna"]) == 2
+        assert gallery.read("SELECT person_id FROM notes") == [(merged.id,)]
+        gallery.remove("Anna")
+        assert gallery.read("SELECT COUNT(*) FROM notes") == [(0,)] and gallery.exclusions() == {}
+
+
+def test_a_gallery_made_before_exclusions_gets_the_table_on_open(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with open_gallery(path) as gallery:
+        gallery.add("Anna", unit_vectors(1), ["a"])
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE exclusions")
+    with open_gallery(path) as gallery:
+        assert gallery.exclusions() == {} and gallery.person("Anna").embeddings == 1

@@ -68,7 +68,7 @@ def faces(shared_data, models, tmp_path_factory) -> dict[str, list[tuple[np.ndar
             photos = [lfw_photo(shared_data, s) for s in ENROLL[name] + EXTRA_PHOTOS[name]]
             report = enroll_photos(gallery, name, photos, models.detector, models.embedder)
             assert report.enrolled == len(photos)
-            out[name] = [(s.vector, s.thumbnail) for s in gallery.samples(name)]
+            out[name] = [(s.vector, s.thumbnail) for s in gallery.faces(name)]
     return out
 
 
@@ -89,7 +89,7 @@ class Camera:
 
     def view(self) -> dict[str, list[str]]:
         """name → sorted hashes of its embeddings: what recognition sees."""
-        return {p.name: sorted(np.asarray(s.vector, "<f4").tobytes().hex()[:16] for s in self.gallery.samples(p.name))
+        return {p.name: sorted(np.asarray(s.vector, "<f4").tobytes().hex()[:16] for s in self.gallery.faces(p.name))
                 for p in self.gallery.persons()}
 
 
@@ -129,7 +129,7 @@ def test_changes_on_one_camera_reach_the_other(tmp_path, models, faces):
     a.add(faces, PERSON_A, slice(3, 5), as_name="Tony")  # more samples
     exchange(a, b)
     assert len(b.view()["Tony"]) == 5 and b.view() == a.view()
-    first = b.gallery.samples("Tony")[0]
+    first = b.gallery.faces("Tony")[0]
     b.gallery.remove_samples("Tony", [first.id])  # exclude one sample
     exchange(a, b)
     assert len(a.view()["Tony"]) == 4 and a.view() == b.view()
@@ -210,8 +210,8 @@ def test_three_cameras_converge_whatever_the_order_of_messages(tmp_path, models,
             cam.gallery.rename(names[0], f"{names[0].split()[0]} {step}")
         elif action == "add":
             cam.gallery.add(names[0], faces[PERSON_A][step % 5][0][None], ["extra"])
-        elif action == "exclude" and len(cam.gallery.samples(names[0])) > 1:
-            cam.gallery.remove_samples(names[0], [cam.gallery.samples(names[0])[0].id])
+        elif action == "exclude" and len(cam.gallery.faces(names[0])) > 1:
+            cam.gallery.remove_samples(names[0], [cam.gallery.faces(names[0])[0].id])
         elif action == "remove":
             cam.gallery.remove(names[-1])
         cam.replica.sync_pass()
@@ -419,7 +419,7 @@ def test_people_of_another_embedder_are_re_embedded_from_thumbnails_or_named_as_
     assert blind.replica.sync_pass() == [f"{PERSON_A} (embedder dlib_resnet, no thumbnails)"]
     assert blind.view() == {}
     assert seeing.replica.sync_pass() == []
-    vectors = np.stack([s.vector for s in seeing.gallery.samples(PERSON_A)])
+    vectors = np.stack([s.vector for s in seeing.gallery.faces(PERSON_A)])
     own = np.stack([v for v, _ in faces[PERSON_A][3:]])  # the same person's other photos, this camera's model
     threshold = models.manifest.entry("mobilefacenet").fields["thresholds"][config.embedder.threshold]
     assert len(vectors) == 3 and distance(own, vectors, "cosine").min() < threshold

@@ -416,3 +416,53 @@ def test_save_invalid_array(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"cannot save image '.*bad\.png': image has zero size"):
         save_image(tmp_path / "bad.png", np.zeros((0, 4, 3), np.uint8))
     assert not (tmp_path / "bad.png").exists()
+
+
+# --- size from the header, before decoding --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".ppm", ".pgm"])
+def test_the_header_states_the_size_of_every_format_read(tmp_path: Path, ext: str) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    if ext == ".pgm":
+        image = image[..., 0]
+    path = _write(tmp_path / f"odd{ext}", image)
+    assert image_io.image_size(path.read_bytes()) == (53, 37)
+
+
+def test_the_header_of_a_jpeg_with_exif_and_of_a_lossless_webp(tmp_path: Path) -> None:
+    image = np.zeros((40, 70, 3), np.uint8)
+    assert image_io.image_size(_jpeg_with_orientation(image, 6)) == (70, 40)  # stored size; rotation keeps the count
+    ok, lossless = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert ok and lossless.tobytes()[12:16] == b"VP8L" and image_io.image_size(lossless.tobytes()) == (70, 40)
+    assert image_io.image_size(b"\x89PNG\r\n\x1a\n") is None  # cut short
+    assert image_io.image_size(b"GIF89a" + struct.pack("<HH", 640, 480)) == (640, 480)
+
+
+def _black_png(width: int, height: int) -> bytes:
+    """A complete, valid RGB PNG of that size: all black, so a few megabytes however large it decodes."""
+    packer = zlib.compressobj(1)
+    row = bytes(1 + 3 * width)  # filter byte 0, then black pixels
+    pixels = b"".join([*(packer.compress(row) for _ in range(height)), packer.flush()])
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", pixels)
+            + _png_chunk(b"IEND", b""))
+
+
+def test_a_huge_png_is_refused_from_its_header_without_the_memory_its_pixels_would_take(tmp_path: Path) -> None:
+    """20000×20000 took 2.4 GB before it was refused; now `doorface detect` refuses it within a small footprint."""
+    import subprocess
+    import sys
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_black_png(20000, 20000))  # 1.2 GB of pixels decoded, 5 MB on disk
+    with pytest.raises(ImageError, match=r"huge\.png': image is 20000x20000 = 400,000,000 pixels.*before decoding"):
+        load_image(huge)
+    # VmHWM (peak RSS of this process image; ru_maxrss would carry over pytest's own peak through fork and exec).
+    script = ("import sys\nfrom edge.cli import main\ncode = main(['detect', sys.argv[1]])\n"
+              "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+              "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script, str(huge)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "20000x20000" in result.stderr
+    peak_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 600, f"peak RSS {peak_mb:.0f} MB: the pixels were allocated"

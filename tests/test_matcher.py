@@ -335,3 +335,21 @@ def test_from_gallery_needs_the_calibration_and_the_same_model(tmp_path, manifes
         other = manifest.entry("mobilefacenet")
         with pytest.raises(GalleryMismatchError, match="set embedder.model back to dlib_resnet"):
             Matcher.from_gallery(gallery, other, calibration=CALIBRATION)
+
+
+def test_a_face_marked_not_them_moves_the_boundary_for_that_person_only():
+    anna = unit(np.random.default_rng(1).normal(size=8))
+    anna_faces = around(anna, 0.05, seed=2, n=3)
+    lookalike = around(anna, 0.25, seed=3)[0]  # under the threshold: taken for Anna ...
+    threshold = 0.3
+    plain = Matcher({"Anna": anna_faces}, metric="cosine", threshold=threshold, calibration=CALIBRATION)
+    assert plain.match(lookalike)[0].name == "Anna"
+    corrected = Matcher({"Anna": anna_faces}, metric="cosine", threshold=threshold, calibration=CALIBRATION,
+                        exclusions={"Anna": lookalike[None]})
+    assert corrected.match(lookalike)[0].name is None  # ... until marked not Anna
+    assert corrected.match(lookalike)[0].best == "Anna"
+    assert corrected.match(anna_faces)[0].name == "Anna"  # Anna herself still is
+    # An enrolled face that is the excluded one (a wrong face enrolled) is set aside from Anna's template.
+    polluted = Matcher({"Anna": np.vstack([anna_faces, lookalike])}, metric="cosine", threshold=threshold,
+                       calibration=CALIBRATION, exclusions={"Anna": lookalike[None]})
+    assert len(polluted.templates["Anna"].embeddings) == 3

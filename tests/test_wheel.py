@@ -64,6 +64,8 @@ def test_the_installed_wheel_runs_the_demo_outside_the_repository(runtime_venv, 
     site = str(runtime_venv.resolve())
     assert found["edge"].startswith(site) and found["models"].startswith(site), found  # the package's, not the repo's
     assert not found["tensorflow"], "a runtime install must not pull TensorFlow in"
+    static = Path(found["edge"]).parent / "review" / "static"
+    assert {p.name for p in static.iterdir()} >= {"index.html", "app.js", "style.css"}  # the review page, packaged
 
     installed = _demo_events([runtime_venv / "bin" / "doorface", "demo"], tmp_path, env)
     checkout = _demo_events([sys.executable, "-m", "edge.cli", "demo"], REPO_ROOT, clean_env(tmp_path / "home2"))
