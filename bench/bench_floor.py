@@ -87,6 +87,7 @@ class BenchError(RuntimeError):
 
 def build_probe() -> bytes:
     """One full-integer int8 conv (3×3, 64→64, SAME) on 1×112×112×64, converted with TensorFlow now."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     try:
         import tensorflow as tf
     except ImportError:
@@ -102,7 +103,8 @@ def build_probe() -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its export summary; stdout is the bench's table
+        return converter.convert()
 
 
 # ------------------------------------------------------------------------------------------------- the runs
