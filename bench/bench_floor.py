@@ -190,8 +190,14 @@ def stage_macs(code: Code, run: dict) -> dict[str, float]:
     """Multiply-adds per frame of each MAC stage, from the invokes the run logged and the code's own models."""
     manifest = code.manifest
     out = {}
+    ran = {"pnet": run["frames"], "rnet": sum(run["per_frame"]["rnet_crops"]),
+           "onet": sum(run["per_frame"]["onet_crops"]), "embed": sum(run["per_frame"]["faces"])}
     for stage in MAC_STAGES:
         logged = run["invokes"][stage]
+        if ran[stage] and not logged["shapes"]:
+            raise BenchError(f"{code.label}: {stage} ran on {ran[stage]} inputs but no interpreter invoke was seen: "
+                             "the runtime calls the model another way (a signature runner?); teach "
+                             "bench.floor_worker.InvokeLog to count it")
         path = manifest.entry(logged["model"]).path
         total = sum(n * _macs(path, tuple(shape)) for shape, n in logged["shapes"])
         out[stage] = total / run["frames"]
@@ -268,6 +274,8 @@ def edge_summary(code: Code, runs: list[dict], gmacs: float) -> dict:
         "onet_crops_per_frame": float(np.mean(first["per_frame"]["onet_crops"])),
         "invokes_per_frame": invokes,
         "invoke_shapes": {stage: first["invokes"][stage] for stage in MAC_STAGES},
+        "allocations_per_frame": first["allocations"] / first["frames"],
+        "edge": first["edge"],
         "startup_ms": min(run["startup_ms"] for run in runs),
         "passes": len(runs),
     }
@@ -346,7 +354,8 @@ def render_markdown(report: dict) -> str:
         c = setting[CURRENT]
         counts.append(f"{setting['min_face_size']:g} px: {c['faces_per_frame']:.2f} faces, "
                       f"{c['rnet_crops_per_frame']:.0f} R-Net / {c['onet_crops_per_frame']:.0f} O-Net crops in "
-                      f"{c['invokes_per_frame']['rnet']:.0f} / {c['invokes_per_frame']['onet']:.0f} invokes")
+                      f"{c['invokes_per_frame']['rnet']:.0f} / {c['invokes_per_frame']['onet']:.0f} invokes, "
+                      f"{c['allocations_per_frame']:.1f} tensor allocations")
     lines += ["", "Per frame: " + "; ".join(dict.fromkeys(counts)) + ". detect = the whole MTCNN call (its nets, "
               "pyramid resizes, NMS, crops); its floor and total's are the sums of their nets' floors."]
     if has_fp:

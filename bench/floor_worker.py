@@ -38,7 +38,8 @@ PROBE_WARMUP, PROBE_INVOKES = 2, 8
 
 
 class InvokeLog:
-    """Every ``invoke()`` of every interpreter of ``interpreter_class``, as the input shape it ran at.
+    """Every ``invoke()`` of every interpreter of ``interpreter_class``, as the input shape it ran at, and how many
+    times tensors were (re)allocated.
 
     The class's ``allocate_tensors`` and ``invoke`` are wrapped for the life of this process (a worker process
     measures one thing and exits): allocation notes the input shape, each invoke appends it.
@@ -46,12 +47,14 @@ class InvokeLog:
 
     def __init__(self, interpreter_class: Any):
         self.shapes: list[tuple[int, ...]] = []
+        self.allocations = 0
         allocate, invoke = interpreter_class.allocate_tensors, interpreter_class.invoke
         shapes = self.shapes
 
         def logged_allocate(interp):
             result = allocate(interp)
             interp.bench_input_shape = tuple(int(v) for v in interp.get_input_details()[0]["shape"])
+            self.allocations += 1
             return result
 
         def logged_invoke(interp):
@@ -101,8 +104,9 @@ def probe_seconds(tfl: Any, content: bytes, threads: int) -> float:
     return min(times)
 
 
-def import_edge(code_root: Path) -> None:
-    """Put ``code_root`` first on the path and make sure ``edge`` comes from there (else the run is void)."""
+def import_edge(code_root: Path) -> str:
+    """Put ``code_root`` first on the path and make sure ``edge`` comes from there (else the run is void); the
+    package's folder."""
     if "edge" in sys.modules:
         raise RuntimeError("edge was imported before the code root was chosen")
     sys.path.insert(0, str(code_root))
@@ -110,6 +114,7 @@ def import_edge(code_root: Path) -> None:
     found = Path(edge.__file__).resolve().parent.parent
     if found != code_root.resolve():
         raise RuntimeError(f"edge imported from {found}, not from {code_root}: the measurement would be void")
+    return str(Path(edge.__file__).resolve().parent)
 
 
 def _shape_counts(counts: Counter) -> list:
@@ -119,7 +124,7 @@ def _shape_counts(counts: Counter) -> list:
 
 def measure(code_root: Path, frames_path: Path, probe_path: Path, threads: int, min_face_size: float,
             embedder_key: str) -> dict:
-    import_edge(code_root)
+    edge_dir = import_edge(code_root)
     from edge import interpreter as tfl
     from edge.detector import MTCNN_KEYS, MtcnnDetector
     from edge.embedder import Embedder
@@ -160,12 +165,15 @@ def measure(code_root: Path, frames_path: Path, probe_path: Path, threads: int, 
     for clock in clocks.values():
         clock.invokes.clear()
     probes = [probe_seconds(tfl, probe, threads)]
+    allocations = log.allocations
     rows = [one_frame(frame) for frame in frames]
+    allocations = log.allocations - allocations  # a runtime that plans once per frame size allocates none here
     probes.append(probe_seconds(tfl, probe, threads))
 
     keys = {**dict(zip(DETECTOR_STAGES, MTCNN_KEYS)), "embed": embedder_key}
     return {
         "code_root": str(code_root),
+        "edge": edge_dir,
         "threads": threads,
         "min_face_size": min_face_size,
         "frames": len(frames),
@@ -174,6 +182,7 @@ def measure(code_root: Path, frames_path: Path, probe_path: Path, threads: int, 
         "invokes": {stage: {"model": key, "shapes": _shape_counts(clocks[stage].invokes)}
                     for stage, key in keys.items()},
         "probe_seconds": min(probes),
+        "allocations": allocations,
     }
 
 

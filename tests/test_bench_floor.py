@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 def report(tmp_path_factory, shared):
     out = tmp_path_factory.mktemp("floor")
     assert bench_floor.main(["--frames", "1", "--threads", "1", "--min-face-size", "40", "--repeats", "1",
-                             "--out", str(out), "--name", "floor"]) == 0
+                             "--baseline", "HEAD", "--out", str(out), "--name", "floor"]) == 0
     assert (out / "floor.md").read_text(encoding="utf-8").startswith("#### ")
     assert (out / "floor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return json.loads((out / "floor.json").read_text(encoding="utf-8"))
@@ -60,6 +62,21 @@ def test_the_report_has_every_stage_measured_beside_a_positive_floor(report):
     assert current["faces_per_frame"] > 0
     assert current["invokes_per_frame"]["embed"] == pytest.approx(current["faces_per_frame"])
     assert current["invokes_per_frame"]["rnet"] == pytest.approx(current["rnet_crops_per_frame"])
+
+
+def test_the_baseline_runs_its_own_checkout_in_the_same_table(report):
+    head = subprocess.run(["git", "-C", str(bench_floor.ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert report["codes"]["baseline"]["commit"] == head
+    [setting] = report["settings"]
+    current, baseline = setting["current"], setting["baseline"]
+    assert Path(current["edge"]) == bench_floor.ROOT / "edge"
+    assert Path(baseline["edge"]).name == "edge" and Path(baseline["edge"]).parent != bench_floor.ROOT
+    assert not Path(baseline["edge"]).exists()  # the temporary worktree is gone
+    for row in ("pnet", "embed", "total"):
+        assert baseline["stages"][row]["ms"] > 0 and baseline["stages"][row]["floor_ms"] > 0
+    assert {m["key"] for m in report["codes"]["baseline"]["models"]} >= {"pnet", "rnet", "onet"}
+    assert current["allocations_per_frame"] >= 0 and baseline["allocations_per_frame"] >= 0
 
 
 def _pnet_float_macs_by_hand(height: int, width: int) -> int:
