@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from bench.bench_mtcnn import _graph_interpreter, count_macs
 from bench.machine import machine_info
+from bench.macs import macs_at, parameter_count
 from converters import manifest_io
 from converters.datasets import load_train_faces
 from converters.quantize.tflite_tools import call_times_ms
@@ -32,18 +32,6 @@ DEFAULT_OUT = Path("bench/results")
 NAME = "embedder_latency"
 DEFAULT_INVOKES = 50
 FACES = 16
-WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-
-def parameter_count(content: bytes) -> int:
-    """Weights and biases of the conv / dense ops (what the FaceNet paper's 'params' counts)."""
-    interp = _graph_interpreter(content)
-    shapes = {int(d["index"]): d["shape"] for d in interp.get_tensor_details()}
-    total = 0
-    for op in interp._get_ops_details():
-        if op["op_name"] in WEIGHTED_OPS:
-            total += sum(int(np.prod(shapes[int(i)])) for i in list(op["inputs"])[1:] if int(i) >= 0)
-    return total
 
 
 def aligned_faces(embedder: Embedder) -> np.ndarray:
@@ -90,7 +78,7 @@ def main(argv: Optional[list] = None) -> int:
     for key in keys:
         entry = manifest.entry(key)
         content = entry.read_verified()
-        macs = sum(count_macs(_graph_interpreter(content)).values())
+        macs = macs_at(content)
         row = {"key": key, "dtype": entry.input.dtype, "input": list(entry.input.shape), "macs": macs,
                "params": parameter_count(content), "size_bytes": len(content), "threads": {}}
         for threads in args.threads:

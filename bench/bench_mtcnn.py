@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 
 from bench.machine import machine_info
+from bench.macs import count_macs, graph_interpreter
 from converters import datasets
-from edge import interpreter as tfl
 from edge.detector import MtcnnDetector
 from edge.manifest import Manifest
 from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, pyramid_scales
@@ -57,10 +57,6 @@ INT8 = "int8"
 COUNTS = ("faces", "rnet_crops", "onet_crops")
 
 DEFAULT_NAME = "mtcnn_latency"
-
-CONV_2D = "CONV_2D"
-DEPTHWISE_CONV_2D = "DEPTHWISE_CONV_2D"
-FULLY_CONNECTED = "FULLY_CONNECTED"
 
 MS = 1e3
 GIGA = 1e9
@@ -213,50 +209,15 @@ class ConfigBench:
 # -------------------------------------------------------------------------------------------------------- MACs
 
 
-def _graph_interpreter(content: bytes, input_shape: Optional[tuple[int, ...]] = None) -> Any:
-    """An interpreter over the plain builtin kernels (no XNNPACK node replacing the graph), allocated."""
-    be = tfl.backend()
-    module = sys.modules[be.interpreter_class.__module__]
-    resolver = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = be.interpreter_class(model_content=content, experimental_op_resolver_type=resolver)
-    if input_shape is not None:
-        interp.resize_tensor_input(interp.get_input_details()[0]["index"], list(input_shape), strict=False)
-    interp.allocate_tensors()
-    return interp
-
-
-def count_macs(interp: Any) -> dict[str, int]:
-    """Multiply-accumulates per op type of an allocated interpreter's graph, from its op and tensor details."""
-    shapes = {int(d["index"]): tuple(int(v) for v in d["shape"]) for d in interp.get_tensor_details()}
-    macs: dict[str, int] = {}
-    for op in interp._get_ops_details():
-        name = op["op_name"]
-        if name not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED):
-            continue
-        weights = shapes[int(op["inputs"][1])]
-        out = shapes[int(op["outputs"][0])]
-        if name == CONV_2D:  # weights (out_c, kh, kw, in_c), output (1, oh, ow, out_c)
-            _, kh, kw, in_c = weights
-            n = int(np.prod(out)) * kh * kw * in_c
-        elif name == DEPTHWISE_CONV_2D:  # weights (1, kh, kw, out_c)
-            _, kh, kw, _ = weights
-            n = int(np.prod(out)) * kh * kw
-        else:  # weights (out_features, in_features); output rows = batch
-            out_features, in_features = weights
-            n = (int(np.prod(out)) // out_features) * in_features * out_features
-        macs[name] = macs.get(name, 0) + n
-    return macs
-
-
 def model_macs(manifest: Manifest, keys: tuple[str, str, str], pnet_shapes: list[list[int]]) -> dict:
     """MACs of P-Net summed over the pyramid shapes (one frame), and of R-Net / O-Net per crop."""
     pnet_content, rnet_content, onet_content = (manifest.entry(k).read_verified() for k in keys)
     levels = []
     for shape in pnet_shapes:
-        macs = count_macs(_graph_interpreter(pnet_content, (1, *shape)))
+        macs = count_macs(graph_interpreter(pnet_content, (1, *shape)))
         levels.append({"shape": list(shape), "macs": sum(macs.values())})
-    rnet_ops = count_macs(_graph_interpreter(rnet_content))
-    onet_ops = count_macs(_graph_interpreter(onet_content))
+    rnet_ops = count_macs(graph_interpreter(rnet_content))
+    onet_ops = count_macs(graph_interpreter(onet_content))
     return {
         "pnet_per_frame": sum(level["macs"] for level in levels),
         "pnet_levels": levels,

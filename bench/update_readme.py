@@ -42,6 +42,7 @@ BLOCKS = {
     "nns1_learning_curve_fit_gap": ROOT / "reports" / "nns1_learning_curve_fit_gap.md",
     "nns2_learning_curve_fit_gap": ROOT / "reports" / "nns2_learning_curve_fit_gap.md",
     "pipeline": ROOT / "bench" / "results" / "pipeline.md",
+    "pipeline_floor": ROOT / "bench" / "results" / "pipeline_floor.md",
     "demo": ROOT / "bench" / "results" / "demo.md",
     "visits": ROOT / "bench" / "results" / "visits.md",
     "household": ROOT / "bench" / "results" / "household.md",
@@ -54,6 +55,7 @@ RESULTS = {
     "visits": ROOT / "bench" / "results" / "visits.json",
     "pipeline": ROOT / "bench" / "results" / "pipeline.json",
     "embedders": ROOT / "bench" / "results" / "embedder_latency.json",
+    "floor": ROOT / "bench" / "results" / "pipeline_floor.json",
 }
 DEVICE_CONFIGS = ROOT / "device_configs"
 CONFIG_SOURCE = ROOT / "edge" / "config.py"
@@ -244,6 +246,46 @@ def headline(doc: Path) -> str:
             + ("." if on_pi else "; no result file from a Raspberry Pi yet.")
             + " Details and the machine of each table: [performance](" + _link(doc, DOCS_DIR / "performance.md")
             + ") and [models](" + _link(doc, DOCS_DIR / "models.md") + ").")
+
+
+def floor_summary(doc: Path) -> str:
+    """The whole pipeline per frame (every face detected and embedded) against its MAC floor, beside the baseline
+    and facenet-pytorch where they were measured, and what each int8 model costs over its float source."""
+    floor = _load(RESULTS["floor"])
+    base = floor["codes"].get("baseline")
+    fp = any("facenet_pytorch" in s for s in floor["settings"])
+    header = "| minimum face | threads | ms per frame | MAC floor | × floor |"
+    rule = "|---|---|---|---|---|"
+    if base:
+        header += f" before (`{base['commit']}`) |"
+        rule += "---|"
+    if fp:
+        header += " facenet-pytorch |"
+        rule += "---|"
+    rows = [header, rule]
+    for s in floor["settings"]:
+        total = s["current"]["stages"]["total"]
+        row = (f"| {s['min_face_size']:g} px | {s['threads']} | **{total['ms']:.1f}** | {total['floor_ms']:.1f} | "
+               f"{total['over_floor']:.1f}× |")
+        if base:
+            row += f" {s['baseline']['stages']['total']['ms']:.1f} |"
+        if fp:
+            other = s.get("facenet_pytorch")
+            row += f" {other['stages']['total']['ms']:.0f} |" if other else " – |"
+        rows.append(row)
+    models = floor["codes"]["current"]["models"]
+    ratios = ", ".join(f"`{m['key']}` {m['int8_over_float']:.2f}×" for m in models if m["int8_over_float"])
+    outside = ", ".join(f"`{m['key']}` {m['delegation']['undelegated']}" for m in models
+                        if m["delegation"]["undelegated"]) or "none"
+    machine = floor["machine"]
+    width, height = floor["frame_size"]
+    return ("\n".join(rows) + f"\n\n{floor['frames']} frames of the test videos at {width}×{height}, every face "
+            f"detected and embedded (`{floor['embedder']}`) on every frame; {machine['cpu_model'] or 'CPU'}, "
+            f"{machine['cpu_count']} CPUs, load average {machine['loadavg']['before'][0]:.1f} when it began. The floor "
+            "is the frame's multiply-adds at the speed of one large int8 "
+            f"conv on the same machine. int8 multiply-adds over the float source: {ratios}. Nodes left outside "
+            f"XNNPACK: {outside}. Stage by stage: [performance]({_link(doc, DOCS_DIR / 'performance.md')}"
+            "#the-pipeline-against-its-mac-floor).")
 
 
 # ------------------------------------------------------------------------------------- configs and devices
@@ -574,6 +616,7 @@ GENERATORS: dict[str, tuple[Path, Generator]] = {
     "licenses": (MANIFEST, licenses_table),
     "nns_targets": (MANIFEST, nns_targets),
     "headline": (RESULTS["lfw"].parent, headline),
+    "floor_summary": (RESULTS["floor"], floor_summary),
     "devices": (DEVICE_CONFIGS, devices_table),
     "device_overrides": (DEVICE_CONFIGS, device_overrides),
     "config": (CONFIG_SOURCE, config_table),
