@@ -41,7 +41,8 @@ INPUT_SIDE = {"rnet": cascade.RNET_INPUT_SIZE, "onet": cascade.ONET_INPUT_SIZE}
 BATCH_SIZE = {"pnet": 1, "rnet": None, "onet": None}
 # Equalisation of the channels around each PReLU (mk.equalised). int8-vs-float face-probability mean |diff| on the
 # held-out samples, P-Net / R-Net / O-Net: 0.0108 / 0.0343 / 0.0756 with max(x, a·x) and no equalisation,
-# 0.0103 / 0.0170 / 0.0116 with x + (a-1)·min(x, 0) at strength 1, 0.0095 / 0.0201 / 0.0122 at 0.5.
+# 0.0103 / 0.0170 / 0.0116 with x + (a-1)·min(x, 0) at strength 1, 0.0095 / 0.0201 / 0.0122 at 0.5; the shipped
+# depthwise form (converters.build.prelu) 0.0109 / 0.0186 / 0.0125 at strength 1.
 EQUALISATION_STRENGTH = 1.0
 # Ranges are probed on every n-th calibration sample (P-Net's are whole pyramid levels: the slow ones).
 RANGE_SAMPLE_STEP = {"pnet": 4, "rnet": 1, "onet": 1}
@@ -283,8 +284,9 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
                            "member_sha256": member_sha[n]},
                 "conversion": {
                     "tensorflow": tf.__version__,
-                    "variant": (f"PReLU as x + (a - 1)·min(x, 0), channels equalised (strength "
-                                f"{EQUALISATION_STRENGTH}); exact in float" if variant == "int8"
+                    "variant": (f"PReLU as a·x + relu((1-a)·x) [- relu((a-1)·x)] in 1x1 depthwise convs, softmax as "
+                                f"sigmoid, channels equalised (strength {EQUALISATION_STRENGTH}); exact in float"
+                                if variant == "int8"
                                 else "faithful Keras rebuild"),
                     "quantization": "full integer, per-channel weights, int8 input/output" if variant == "int8"
                     else "none (float32)",

@@ -3,10 +3,10 @@
 Two builds of each net from one layer table:
 
 - ``faithful``: Conv/Dense + PReLU exactly as the source (the float reference).
-- ``int8``: every PReLU as elementwise ops (:mod:`converters.build.prelu`: ``x + (a - 1)·min(x, 0)``). int8
-  PRELU runs on TFLite's reference kernel, outside XNNPACK and the EdgeTPU; MINIMUM, MUL and ADD run in both, and
-  no layer is computed twice. Built from :func:`equalised` weights (channel ranges evened out on calibration
-  data), its outputs equal the faithful net's in float up to rounding.
+- ``int8``: every PReLU as 1×1 depthwise convolutions with fused ReLUs and an ADD (:mod:`converters.build.prelu`),
+  every two-way softmax as a sigmoid (:func:`softmax_as_sigmoid`): int8 PRELU and SOFTMAX run outside XNNPACK and
+  the EdgeTPU, these run in both, and no layer is computed twice. Built from :func:`equalised` weights (channel
+  ranges evened out on calibration data), its outputs equal the faithful net's in float up to rounding.
 """
 
 from __future__ import annotations
@@ -140,12 +140,27 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
     outputs = {}
     for head in spec.heads:
         weight, bias = queue.pop(0), queue.pop(0)
-        layer = L.Conv2D(head.units, 1, activation=head.activation, name=head.name) if weight.ndim == 4 else \
-            L.Dense(head.units, activation=head.activation, name=head.name)
+        activation = head.activation
+        if variant == "int8" and activation == "softmax":
+            weight, bias, activation = softmax_as_sigmoid(weight, bias)
+        layer = L.Conv2D(head.units, 1, activation=activation, name=head.name) if weight.ndim == 4 else \
+            L.Dense(head.units, activation=activation, name=head.name)
         outputs[head.name] = apply(layer, x, weight, bias)
     if queue:
         raise ValueError(f"{name}: {len(queue)} source weight arrays left unused; the layer table is wrong")
     return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_{variant}")
+
+
+def softmax_as_sigmoid(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """A two-way softmax head as a sigmoid head with the same outputs: softmax(l)_i = sigmoid(l_i - l_j).
+
+    int8 SOFTMAX is not delegated to XNNPACK (one node, and a partition, outside it per net); LOGISTIC is, and
+    is on the EdgeTPU's list too. Column i of the new head computes l_i - l_j directly from the weights.
+    """
+    if weight.shape[-1] != 2:
+        raise ValueError(f"only a two-way softmax becomes a sigmoid, this head has {weight.shape[-1]} outputs")
+    swap = weight[..., ::-1]
+    return (weight - swap).astype(np.float32), (bias - bias[::-1]).astype(np.float32), "sigmoid"
 
 
 def _weight_slots(name: str) -> list[tuple[str, int]]:

@@ -1,16 +1,18 @@
-"""PReLU as elementwise ops that int8 XNNPACK and the EdgeTPU both run, with no second convolution.
+"""PReLU as ops that int8 XNNPACK and the EdgeTPU both run, with no layer computed twice.
 
 int8 PRELU runs on TFLite's reference kernel, outside XNNPACK and the EdgeTPU. With per-channel slopes ``a``:
 
-    prelu(x) = x + (a - 1)·min(x, 0)          (MINIMUM, MUL, ADD: delegated by XNNPACK, on the EdgeTPU's list)
+    prelu(x) = a·x + relu((1 - a)·x) - relu((a - 1)·x)
 
-exact for any ``a``. Its cost is two or three passes over the activation instead of the earlier rewrite's
-duplicated layer (a convolution with twice the outputs).
+exact for any ``a`` (the last term only where some a > 1; for a ≤ 1 it is zero). Each product is a 1×1 depthwise
+convolution (per-channel int8 weights, so every slope keeps its own precision), the ReLUs are fused into them, and
+one ADD (and one SUB) sums them: DEPTHWISE_CONV_2D, ADD and SUB, all delegated to XNNPACK (0 nodes outside it,
+measured with ``bench.delegation``) and on the EdgeTPU's list. They cost C multiply-adds per pixel each, against
+the k·k·C_in of the convolution before; the earlier rewrite computed that convolution twice.
 
-The shorter ``max(x, a·x)`` (for a ≤ 1) measured worse in int8: MAXIMUM keeps one scale for its inputs and its
-output, and the converter took the output's narrower range for the convolution before it, clipping its negative
-side (O-Net face-probability error vs float 0.076, against 0.012 with this form). Here MINIMUM sees ``x`` whole, and
-the ADD has an output scale of its own.
+Measured and left: MAXIMUM / MINIMUM forms (``max(x, a·x)``, ``x + (a-1)·min(x, 0)``) and a separate RELU are not
+delegated in int8 (one XNNPACK partition per PReLU), and MAXIMUM's shared input/output scale clipped the
+convolution before it (O-Net face-probability error vs float 0.076).
 """
 
 from __future__ import annotations
@@ -24,19 +26,33 @@ def reference(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def identity(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The elementwise identity :func:`apply` emits, in numpy (channels last)."""
-    return x + (alpha - 1.0) * np.minimum(x, 0.0)
+    """The identity :func:`apply` emits, in numpy (channels last)."""
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    return alpha * x + relu((1.0 - alpha) * x) - relu((alpha - 1.0) * x)
 
 
 def apply(x, alpha: np.ndarray):
-    """PReLU of the Keras tensor ``x`` (channels last) with per-channel slopes ``alpha``, as elementwise ops."""
+    """PReLU of the Keras tensor ``x`` (channels last, 2-D or 4-D) with per-channel slopes ``alpha``."""
+    from keras import layers as L
     from keras import ops
 
     alpha = np.asarray(alpha, dtype=np.float32).reshape(-1)
     channels = int(x.shape[-1])
     if alpha.size != channels:
         raise ValueError(f"{alpha.size} PReLU slopes for a tensor of {channels} channels")
-    return ops.add(x, ops.multiply(ops.minimum(x, np.float32(0.0)), alpha - np.float32(1.0)))
+    flat = len(x.shape) == 2
+    image = ops.reshape(x, (-1, 1, 1, channels)) if flat else x
+
+    def scaled(weights: np.ndarray, activation=None):
+        layer = L.DepthwiseConv2D(1, use_bias=False, activation=activation)
+        out = layer(image)
+        layer.set_weights([weights.reshape(1, 1, channels, 1).astype(np.float32)])
+        return out
+
+    out = ops.add(scaled(alpha), scaled(np.maximum(1.0 - alpha, 0.0), "relu"))
+    if np.any(alpha > 1.0):
+        out = ops.subtract(out, scaled(np.maximum(alpha - 1.0, 0.0), "relu"))
+    return ops.reshape(out, (-1, channels)) if flat else out
 
 
 def equalising_gains(ranges: np.ndarray, strength: float, grid_steps: int = 4, dead: float = 1e-3,
