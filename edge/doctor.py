@@ -54,7 +54,9 @@ def check_models(config: Config) -> list[Check]:
     except Exception as exc:  # noqa: BLE001
         return [Check("models", False, str(exc), RESTORE_HINT)]
     checks = []
-    for key in (*MTCNN_KEYS, config.embedder.model):
+    keys = (*MTCNN_KEYS, config.embedder.model)
+    compiled = [v.key for key in keys if key in manifest.models for v in manifest.edgetpu_variants(key)]
+    for key in (*keys, *compiled):  # the EdgeTPU variants too: a damaged one fails here, not at start
         def body(key=key) -> Check:
             entry = manifest.entry(key)
             size = len(entry.read_verified())

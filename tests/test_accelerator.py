@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,7 @@ from edge import interpreter as tfl
 from edge.accelerator import place_models
 from edge.config import load_config
 from edge.detector import MTCNN_KEYS, MtcnnDetector
-from edge.doctor import check_device
+from edge.doctor import check_device, check_models
 from edge.image_io import load_image
 from edge.manifest import Manifest, ManifestError, ModelIntegrityError, default_models_dir
 from edge.runner import load_models
@@ -135,6 +136,10 @@ def test_a_compiled_variant_whose_sha256_differs_is_refused_before_it_runs(deleg
                                                   r"the manifest .*expected 000000000000"):
         MtcnnDetector.from_manifest(manifest, device="edgetpu:usb")
     assert delegate_loads == ["edgetpu:usb"]
+    config = replace(load_config(CORAL), models_dir=str(folder))
+    checks = {c.name: c for c in check_models(config)}
+    assert checks["model onet"].ok and not checks["model onet_edgetpu"].ok
+    assert "does not match the manifest" in checks["model onet_edgetpu"].detail
 
 
 @pytest.mark.parametrize(("change", "message"), [
