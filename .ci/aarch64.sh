@@ -50,12 +50,19 @@ usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 require_tools() {
     [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot and mounts); run it with sudo"
     local tool
-    for tool in debootstrap dpkg-deb unshare chroot "$QEMU"; do
+    for tool in debootstrap dpkg-deb unshare chroot flock "$QEMU"; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool not found: apt-get install debootstrap qemu-user-static"
     done
 }
 
 sha() { sha256sum | cut -c1-16; }
+
+# Builds (of the root, of a venv) take the cache's lock: two CI jobs sharing a cache build once, not over each other.
+lock_cache() {
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/.lock"
+    flock 9
+}
 
 # The root's key: what goes into it. A change of suite, packages or recipe (build_root) builds a new one.
 ROOT_RECIPE=3
@@ -72,9 +79,14 @@ build_root() {
         echo "$root"
         return 0
     fi
+    lock_cache
+    if [ -f "$root/.doorface-complete" ]; then  # built by another run while this one waited
+        flock -u 9
+        echo "$root"
+        return 0
+    fi
     partial="$root.partial"
     rm -rf "$partial"
-    mkdir -p "$CACHE"
     log "debootstrap $SUITE arm64 ($PACKAGES) into $partial"
     debootstrap --foreign --variant=minbase --arch=arm64 --include="$PACKAGES" "$SUITE" "$partial" "$MIRROR" \
         >"$partial.log" 2>&1 || { tail -20 "$partial.log" >&2; die "debootstrap failed (log: $partial.log)"; }
@@ -103,6 +115,7 @@ build_root() {
     mv "$partial" "$root"
     # Roots of older keys are dead weight (a few hundred MB each).
     find "$CACHE" -maxdepth 1 -name "$SUITE-arm64-*" ! -path "$root" -exec rm -rf {} +
+    flock -u 9
     echo "$root"
 }
 
@@ -170,6 +183,12 @@ make_env() {
         echo "$env_dir"
         return 0
     fi
+    lock_cache
+    if [ -f "$root$env_dir/.doorface-complete" ]; then  # made by another run while this one waited
+        flock -u 9
+        echo "$env_dir"
+        return 0
+    fi
     log "installing $(find "$download" -name '*.whl' | wc -l) wheels into $env_dir with the root's pip (emulated)"
     rm -rf "$root$env_dir" "$root/opt/wheels/$key"
     mkdir -p "$root/opt/wheels/$key"
@@ -183,6 +202,7 @@ make_env() {
     touch "$root$env_dir/.doorface-complete"
     # Venvs of the same name and another wheel set are stale.
     find "$root/opt/envs" -maxdepth 1 -name "$name-*" ! -path "$root$env_dir" -exec rm -rf {} +
+    flock -u 9
     echo "$env_dir"
 }
 
