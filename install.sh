@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Install doorface into ./.venv. Idempotent and non-interactive; safe to run again.
 #
-# Usage: ./install.sh [--dev] [--pi-os] [--help]
-#   --dev     also install the converters (TensorFlow), test tools, mosquitto (MQTT broker for tests) and
-#             chromium + chromium-driver (the review page's browser test)
+# Usage: ./install.sh [--dev] [--pi-os] [--coral] [--help]
+#   --dev     also install the converters (TensorFlow), test tools, mosquitto (MQTT broker for tests),
+#             chromium + chromium-driver (the review page's browser test) and debootstrap +
+#             qemu-user-static (the emulated aarch64 tests, .ci/aarch64.sh)
 #   --pi-os   take the Raspberry Pi OS path (apt's numpy, OpenCV and picamera2) on another Debian, e.g. to test it
+#   --coral   also install the Coral EdgeTPU runtime (libedgetpu1-std from Coral's apt repository); when its
+#             package is not in the apt sources, print the commands that add them
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 DEV=0
 FORCE_PI_OS=0
+CORAL=0
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
         --pi-os) FORCE_PI_OS=1 ;;
+        --coral) CORAL=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -122,7 +127,7 @@ PY=.venv/bin/python
 
 EXTRA=""
 if [ "$DEV" -eq 1 ]; then
-    apt_install mosquitto
+    apt_install mosquitto debootstrap qemu-user-static
     # The review page's test drives Debian's headless Chromium through its driver (Selenium, from the dev extra).
     apt_install chromium chromium-driver
     EXTRA="[dev]"
@@ -141,20 +146,37 @@ if [ "$PI_OS" -eq 1 ]; then
     if [ "$DEV" -eq 1 ]; then
         "${PIP_PI[@]}" "pytest>=7.4" "ruff>=0.5" "selenium>=4.10"
     fi
-    # The interpreter that works with this numpy: ai-edge-litert where its wheel accepts it, else tflite-runtime
-    # (which needs numpy < 2, as Bookworm's is).
-    if "${PIP_PI[@]}" "ai-edge-litert>=1.2"; then
-        log "interpreter: ai-edge-litert"
-    elif "${PIP_PI[@]}" tflite-runtime; then
-        log "interpreter: tflite-runtime (ai-edge-litert has no wheel for numpy $NUMPY_VERSION here)"
-    else
-        echo "install.sh: no TFLite interpreter wheel works with numpy $NUMPY_VERSION on this system;" >&2
-        echo "  try: $PY -m pip install ai-edge-litert   (or tflite-runtime with numpy<2)" >&2
+    # The interpreter whose wheel exists for this Python and apt's numpy: ai-edge-litert (Bookworm's 3.11,
+    # Trixie's 3.13), else tflite-runtime (numpy < 2). tests/test_aarch64.py runs this choice on emulated aarch64.
+    if ! CHOSEN=$(deploy/install-interpreter.sh "${PIP_PI[@]}"); then
+        echo "install.sh: no TFLite interpreter wheel works with Python $("$PY" -c 'import platform; print(platform.python_version())') and numpy $NUMPY_VERSION here; see above" >&2
         exit 1
     fi
+    log "${CHOSEN##*$'\n'} (numpy $NUMPY_VERSION)"
 else
     log "pip install -e .$EXTRA"
     "$PY" -m pip install --quiet -e ".$EXTRA"
+fi
+
+# Coral's EdgeTPU runtime, from Coral's apt repository (https://coral.ai/docs/accelerator/get-started/).
+CORAL_REPO="deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
+coral_commands() {
+    cat <<COMMANDS
+  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg
+  echo "$CORAL_REPO" | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list
+  sudo apt-get update && sudo apt-get install -y libedgetpu1-std
+COMMANDS
+}
+CORAL_MISSING=0
+if [ "$CORAL" -eq 1 ]; then
+    if dpkg -s libedgetpu1-std 2>/dev/null | grep -q '^Status: install ok installed' \
+        || dpkg -s libedgetpu1-max 2>/dev/null | grep -q '^Status: install ok installed'; then
+        log "Coral runtime: already installed"
+    elif apt-cache show libedgetpu1-std >/dev/null 2>&1; then
+        apt_install libedgetpu1-std
+    else
+        CORAL_MISSING=1
+    fi
 fi
 
 # One real inference per model: an interpreter built for another numpy fails here, not at the first visitor.
@@ -171,10 +193,22 @@ if printf '%s\n' "$CHECKS" | grep -qE '^\[FAIL\] (interpreter|model|inference)';
     exit 1
 fi
 
+if [ "$CORAL" -eq 1 ]; then
+    CORAL_CHECK=$(.venv/bin/doorface doctor --device-config pi4-coral --no-camera 2>/dev/null | grep -A1 -E '^\[(ok|FAIL)\] accelerator' || true)
+    printf '%s\n' "${CORAL_CHECK:-[FAIL] accelerator: doorface doctor did not report it}"
+fi
+
 echo
 echo "doorface is installed in .venv. Next:"
 echo "  .venv/bin/doorface --help"
 if [ "$DEV" -eq 1 ]; then
     echo "  .venv/bin/python -m pytest          # fast tests"
     echo "  .venv/bin/python -m pytest -m slow  # slow tests on the real models and data"
+fi
+if [ "$CORAL_MISSING" -eq 1 ]; then
+    echo
+    echo "install.sh: --coral: libedgetpu1-std is not in this system's apt sources, so the Coral runtime is NOT"
+    echo "installed (doorface runs on the CPU meanwhile). Add Coral's apt repository and install it:"
+    coral_commands
+    echo "then plug the accelerator in and check: .venv/bin/doorface doctor --device-config pi4-coral --no-camera"
 fi

@@ -70,7 +70,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="write the medians into the manifest entries and regenerate their cards")
     args = parser.parse_args(argv)
     manifest = Manifest.load(args.models)
-    keys = [k for k, e in sorted(manifest.models.items()) if e.task == "face_embedding"]
+    keys = [k for k, e in sorted(manifest.models.items()) if e.task == "face_embedding" and e.edgetpu_of is None]
     if not keys:
         print(f"{manifest.path} lists no face_embedding model", file=sys.stderr)
         return 1

@@ -56,6 +56,7 @@ RESULTS = {
     "pipeline": ROOT / "bench" / "results" / "pipeline.json",
     "embedders": ROOT / "bench" / "results" / "embedder_latency.json",
     "floor": ROOT / "bench" / "results" / "pipeline_floor.json",
+    "aarch64": ROOT / "bench" / "results" / "aarch64.json",
 }
 DEVICE_CONFIGS = ROOT / "device_configs"
 CONFIG_SOURCE = ROOT / "edge" / "config.py"
@@ -102,8 +103,10 @@ def models_table(doc: Path) -> str:
             agree_text = f"cosine to float {agreement['int8_vs_float_cosine_mean']:.4f} (mean)"
         else:
             agree_text = "float reference"
+        if "edgetpu_of" in entry:  # a compiled variant has its CPU model's card
+            agree_text = f"EdgeTPU variant of `{entry['edgetpu_of']}`"
         shape = "×".join("any" if d < 0 else str(d) for d in entry["input"]["shape"])
-        card = _link(doc, CARDS / f"{key}.md")
+        card = _link(doc, CARDS / f"{entry.get('edgetpu_of', key)}.md")
         rows.append(f"| `{key}` | `{entry['file']}` | {shape} | {entry['input']['dtype']} | "
                     f"{entry['size_bytes'] / 1024:.0f} KiB | {agree_text} | [card]({card}) |")
     return "Models shipped in `quantized_models/` (from `manifest.json`).\n\n" + "\n".join(rows)
@@ -289,6 +292,24 @@ def floor_summary(doc: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------- configs and devices
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def aarch64_tier(doc: Path) -> str:
+    """The emulated Raspberry Pi tier: what it proves and how long CI spends on it, cold and cached."""
+    result = _load(RESULTS["aarch64"])
+    cold, cached = result["runs"]["cold"], result["runs"]["cached"]
+    machine = result["machine"]
+    cpus = f"{machine['cpu_count']} x86-64 CPUs" + (f" ({machine['cpu_model']})" if machine.get("cpu_model") else "")
+    return (f"CI also runs the runtime on an emulated Raspberry Pi 4: a {result['emulated']}. There `doorface "
+            "detect` and `doorface compare` on real faces, and every shipped int8 model, give the x86 results "
+            "(within rounding) with ai-edge-litert and with tflite-runtime, and `install.sh` picks its interpreter "
+            f"wheel ([development]({_link(doc, DOCS_DIR / 'development.md')}#emulated-raspberry-pi-aarch64)). "
+            f"These {cached['passed']} tests take {_minutes(cold['seconds'])} with an empty cache and "
+            f"{_minutes(cached['seconds'])} cached, on {cpus}.")
 
 
 def _first_sentence(comment: str) -> str:
@@ -618,6 +639,7 @@ GENERATORS: dict[str, tuple[Path, Generator]] = {
     "headline": (RESULTS["lfw"].parent, headline),
     "floor_summary": (RESULTS["floor"], floor_summary),
     "devices": (DEVICE_CONFIGS, devices_table),
+    "aarch64": (RESULTS["aarch64"], aarch64_tier),
     "device_overrides": (DEVICE_CONFIGS, device_overrides),
     "config": (CONFIG_SOURCE, config_table),
     "mqtt": (DISCOVERY_SOURCE, mqtt_reference),

@@ -17,14 +17,13 @@ EXIT_SOME_INPUTS_FAILED = 1
 EXIT_SETUP_ERROR = 2
 
 
-def _load_detector(args, device=None):
+def _load_detector(args, placement=None):
     from edge.config import load_config
     from edge.detector import MtcnnDetector
     from edge.manifest import Manifest
 
     config = load_config(args.device_config, args.config)
     detector_cfg = config.detector
-    device = device or detector_cfg.device
     threads = args.threads or detector_cfg.num_threads
     manifest = Manifest.load(Path(config.models_dir) if config.models_dir else None)
     params = detector_cfg.cascade_params()
@@ -32,7 +31,8 @@ def _load_detector(args, device=None):
         from dataclasses import replace
 
         params = replace(params, min_face_size=args.min_face_size)
-    return MtcnnDetector.from_manifest(manifest, num_threads=threads, device=device, params=params)
+    return MtcnnDetector.from_manifest(manifest, num_threads=threads, device=detector_cfg.device, params=params,
+                                       placement=placement)
 
 
 def _cmd_detect(args) -> int:
@@ -77,18 +77,19 @@ def _embedder_threshold(entry, which: str):
 def _cmd_compare(args) -> int:
     import numpy as np
 
+    from edge.accelerator import place_models
     from edge.config import load_config
+    from edge.detector import MTCNN_KEYS
     from edge.embedder import Embedder, distance
     from edge.image_io import ImageError, load_image
-    from edge.interpreter import resolve_device
     from edge.manifest import Manifest
 
     config = load_config(args.device_config, args.config)
     manifest = Manifest.load(Path(config.models_dir) if config.models_dir else None)
     key = args.model or config.embedder.model
-    device = resolve_device(config.detector.device)  # one warning, not one per interpreter, if it is absent
-    embedder = Embedder(manifest.entry(key), num_threads=args.threads or config.embedder.num_threads, device=device)
-    detector = _load_detector(args, device)
+    placement = place_models(manifest, config.detector.device, (*MTCNN_KEYS, key))  # one log line, not one per model
+    embedder = Embedder.placed(manifest.entry(key), placement, num_threads=args.threads or config.embedder.num_threads)
+    detector = _load_detector(args, placement)
     threshold = _embedder_threshold(manifest.entry(key), config.embedder.threshold)
     faces, vectors, failures = [], [], 0
     for path in args.images:

@@ -6,6 +6,9 @@ interpreter (a video has the same few shapes every frame). R-Net and O-Net run a
 invoke: their batch is dynamic, and resizing it only re-plans activations (about 10 µs, measured), so the one
 interpreter is resized to the frame's crop count. A model with a fixed batch (an EdgeTPU build) runs in chunks
 of that batch, the last one padded.
+
+With an EdgeTPU (see :mod:`edge.accelerator`), a pyramid level whose shape has a compiled P-Net runs it on the
+EdgeTPU and any other level the CPU model; R-Net and O-Net run their compiled variant when there is one.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any, Optional
 import numpy as np
 
 from edge import interpreter as tfl
+from edge.accelerator import Placement, place_models
 from edge.faces import Detections
-from edge.manifest import Manifest, ModelEntry
+from edge.manifest import Manifest, ManifestError, ModelEntry
 from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, detect_faces
 
 MTCNN_KEYS = ("pnet", "rnet", "onet")
@@ -91,19 +95,21 @@ class _Bound:
 class PNet:
     """P-Net runner: ``(H, W, 3) uint8 → (prob (h, w), offsets (h, w, 4))``."""
 
-    def __init__(self, model: _Model):
+    def __init__(self, model: _Model, compiled: tuple[_Model, ...] = ()):
         self.model = model
         self._bound: OrderedDict[tuple[int, int], _Bound] = OrderedDict()
+        # EdgeTPU variants by the (h, w) they were compiled for: bound once, never evicted.
+        self._compiled = {m.entry.input.shape[1:3]: _Bound(m) for m in compiled}
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = image.shape[:2]
-        bound = self._bound.get(key)
+        bound = self._compiled.get(key) or self._bound.get(key)
         if bound is None:
             bound = _Bound(self.model, (1, *key, 3))
             self._bound[key] = bound
             if len(self._bound) > PNET_SHAPE_CACHE:
                 self._bound.popitem(last=False)
-        else:
+        elif key in self._bound:
             self._bound.move_to_end(key)
         out = bound.run(image)
         return out[FACE_PROB_WIDTH][..., 1], out[BOX_OFFSETS_WIDTH]
@@ -139,7 +145,7 @@ class CropNet:
             for column, width in zip(raw, self.widths):
                 column[start:start + count] = out[width][:count]
         results = [tfl.dequantize(column, spec) for column, spec in zip(raw, specs)]
-        results[0] = results[0][:, 1]  # face probability of the (not face, face) softmax
+        results[0] = results[0][:, 1]  # face probability of the (not face, face) pair
         return tuple(results)
 
 
@@ -164,13 +170,22 @@ class MtcnnDetector:
         device: str = tfl.CPU,
         params: CascadeParams = DEFAULT_PARAMS,
         keys: tuple[str, str, str] = MTCNN_KEYS,
+        placement: Optional[Placement] = None,
     ) -> MtcnnDetector:
+        """The cascade of the manifest's ``keys``; on ``device``, or as ``placement`` (made here if not given)
+        says: each stage with EdgeTPU variants runs them, the others their CPU model."""
         manifest = manifest or Manifest.load()
-        device = tfl.resolve_device(device)
-        models = [_Model(manifest.entry(k), num_threads, device) for k in keys]
+        placement = placement or place_models(manifest, device, keys)
+        cpu = [_Model(manifest.entry(k), num_threads, tfl.CPU) for k in keys]
+        compiled = [tuple(_Model(v, num_threads, placement.device) for v in placement.variants_of(k)) for k in keys]
+        for key, variants in zip(keys[1:], compiled[1:]):
+            if len(variants) > 1:
+                raise ManifestError(f"{manifest.path}: '{key}' has {len(variants)} EdgeTPU variants "
+                                    f"({', '.join(v.entry.key for v in variants)}); it takes one (a fixed batch)")
         return cls(
-            pnet=PNet(models[0]),
-            rnet=CropNet(models[1], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH)),
-            onet=CropNet(models[2], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH, LANDMARKS_WIDTH)),
+            pnet=PNet(cpu[0], compiled[0]),
+            rnet=CropNet(compiled[1][0] if compiled[1] else cpu[1], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH)),
+            onet=CropNet(compiled[2][0] if compiled[2] else cpu[2],
+                         (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH, LANDMARKS_WIDTH)),
             params=params,
         )

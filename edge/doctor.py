@@ -54,7 +54,9 @@ def check_models(config: Config) -> list[Check]:
     except Exception as exc:  # noqa: BLE001
         return [Check("models", False, str(exc), RESTORE_HINT)]
     checks = []
-    for key in (*MTCNN_KEYS, config.embedder.model):
+    keys = (*MTCNN_KEYS, config.embedder.model)
+    compiled = [v.key for key in keys if key in manifest.models for v in manifest.edgetpu_variants(key)]
+    for key in (*keys, *compiled):  # the EdgeTPU variants too: a damaged one fails here, not at start
         def body(key=key) -> Check:
             entry = manifest.entry(key)
             size = len(entry.read_verified())
@@ -65,17 +67,15 @@ def check_models(config: Config) -> list[Check]:
 
 
 def check_device(config: Config) -> Check:
+    """Which path the models take on the configured device (EdgeTPU variants or the CPU int8 models) and why."""
     def body() -> Check:
-        from edge.interpreter import parse_device, resolve_device
+        from edge.accelerator import place_models
+        from edge.detector import MTCNN_KEYS
+        from edge.manifest import Manifest
 
-        wanted = config.detector.device
-        if parse_device(wanted) is None:
-            return Check("accelerator", True, "cpu (no accelerator configured)")
-        used = resolve_device(wanted)
-        if used == wanted:
-            return Check("accelerator", True, f"{wanted} delegate loaded")
-        return Check("accelerator", False, f"{wanted} requested but not usable; the CPU will be used",
-                     "install the Coral runtime (`apt install libedgetpu1-std`) and plug the accelerator in")
+        manifest = Manifest.load(config.models_dir)
+        placement = place_models(manifest, config.detector.device, (*MTCNN_KEYS, config.embedder.model))
+        return Check("accelerator", not placement.fell_back, placement.reason, placement.fix)
 
     return _guard("accelerator", "set detector.device to a form `doorface doctor` accepts: cpu, edgetpu, "
                                  "edgetpu:usb, edgetpu:usb:N or edgetpu:pci", body)

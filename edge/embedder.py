@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from edge import interpreter as tfl
+from edge.accelerator import Placement
 from edge.align import align_face
 from edge.manifest import Manifest, ManifestError, ModelEntry
 
@@ -65,9 +66,16 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 class Embedder:
     """``embedder(image, landmarks)`` → (N, dim) unit vectors, one per face."""
 
-    def __init__(self, entry: ModelEntry, *, num_threads: int = 1, device: str = tfl.CPU):
+    def __init__(self, entry: ModelEntry, *, num_threads: int = 1, device: str = tfl.CPU,
+                 compiled: Optional[ModelEntry] = None):
+        """``entry``'s embedder; ``compiled``, its EdgeTPU variant, runs in its place on ``device`` when given (the
+        spec, and so the gallery's identity, stay the CPU model's: the variant computes the same int8 graph)."""
         self.spec = EmbedderSpec.from_entry(entry)
-        self._interpreter = tfl.make_interpreter(entry.read_verified(), num_threads=num_threads, device=device)
+        if compiled is not None and compiled.edgetpu_of != entry.key:
+            raise ManifestError(f"model '{compiled.key}' is not an EdgeTPU variant of '{entry.key}'")
+        model = (compiled or entry).read_verified()
+        self._interpreter = tfl.make_interpreter(model, num_threads=num_threads,
+                                                 device=device if compiled is not None else tfl.CPU)
         self._interpreter.allocate_tensors()
         self._input = tfl.input_specs(self._interpreter)[0]
         self._output = tfl.output_specs(self._interpreter)[0]
@@ -82,6 +90,15 @@ class Embedder:
     @classmethod
     def from_manifest(cls, key: str, manifest: Optional[Manifest] = None, **kwargs) -> Embedder:
         return cls((manifest or Manifest.load()).entry(key), **kwargs)
+
+    @classmethod
+    def placed(cls, entry: ModelEntry, placement: Placement, *, num_threads: int = 1) -> Embedder:
+        """``entry``'s embedder where ``placement`` puts it: its EdgeTPU variant, else the CPU model."""
+        variants = placement.variants_of(entry.key)
+        if len(variants) > 1:
+            raise ManifestError(f"'{entry.key}' has {len(variants)} EdgeTPU variants "
+                                f"({', '.join(v.key for v in variants)}); an embedder takes one (batch 1)")
+        return cls(entry, num_threads=num_threads, device=placement.device, compiled=variants[0] if variants else None)
 
     @property
     def key(self) -> str:

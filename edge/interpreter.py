@@ -2,7 +2,8 @@
 
 ``ai_edge_litert`` is preferred; ``tflite_runtime`` (what Raspberry Pi OS users often have) is the fallback.
 XNNPACK is on by default in both. An EdgeTPU delegate is used only when asked for and present; otherwise one
-warning says why and the model runs on the CPU.
+warning says why and the model runs on the CPU. Which model runs where is decided before, in
+:mod:`edge.accelerator`.
 
 Quantized tensors are handled from their details (scale, zero point, dtype), widening to int32/int64 before any
 subtraction so that int8/uint8 arithmetic never wraps.
@@ -72,31 +73,42 @@ def parse_device(device: str) -> Optional[dict]:
     )
 
 
-def _edgetpu_delegate(device: str, options: dict) -> Optional[Any]:
-    """The EdgeTPU delegate, or None after one warning that says what to install."""
+class DelegateUnavailable(RuntimeError):
+    """The EdgeTPU delegate cannot be loaded: its library is missing, or no accelerator answered."""
+
+
+def load_delegate(device: str) -> Any:
+    """The EdgeTPU delegate for ``device`` (``edgetpu``, ``edgetpu:usb``, ``edgetpu:usb:N``, ``edgetpu:pci``).
+
+    Raises DelegateUnavailable saying what is missing; ValueError for a device string that is not an EdgeTPU's.
+    """
+    options = parse_device(device)
+    if options is None:
+        raise ValueError(f"{device!r} is not an EdgeTPU device")
     try:
         # Probe first: litert's Delegate object, half-built when the library is absent, fails again in __del__.
         ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError as exc:
+        raise DelegateUnavailable(f"the Coral runtime ({EDGETPU_LIBRARY}) is not installed: {exc}") from None
+    try:
         return backend().load_delegate(EDGETPU_LIBRARY, options)
     except (OSError, ValueError, RuntimeError) as exc:
+        raise DelegateUnavailable(f"{EDGETPU_LIBRARY} loaded, but no EdgeTPU answered for {device} "
+                                  f"(plugged in? another process using it?): {exc}") from None
+
+
+def _edgetpu_delegate(device: str) -> Optional[Any]:
+    """The EdgeTPU delegate, or None after one warning that says what to install."""
+    try:
+        return load_delegate(device)
+    except DelegateUnavailable as exc:
         log.warning(
             "EdgeTPU requested (%s) but not usable (%s); running on the CPU. Install the Coral runtime "
-            "(`apt install libedgetpu1-std`), plug the accelerator in, and use an *_edgetpu.tflite model.",
+            "(`./install.sh --coral`), plug the accelerator in, and use *_edgetpu.tflite models.",
             device,
             exc,
         )
         return None
-
-
-def resolve_device(device: str) -> str:
-    """``device`` if it can be used here, else ``cpu`` after one warning that says what to install.
-
-    Callers that build many interpreters (one per P-Net pyramid shape) resolve once, so the user sees one line.
-    """
-    options = parse_device(device)
-    if options is None or _edgetpu_delegate(device, options) is None:
-        return CPU
-    return device
 
 
 def make_interpreter(
@@ -114,7 +126,7 @@ def make_interpreter(
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     be = backend()
     options = parse_device(device)
-    delegate = _edgetpu_delegate(device, options) if options is not None else None
+    delegate = _edgetpu_delegate(device) if options is not None else None
     delegates = [delegate] if delegate is not None else []
     source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
     return be.interpreter_class(**source, num_threads=num_threads, experimental_delegates=delegates or None)

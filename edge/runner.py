@@ -15,12 +15,12 @@ from typing import Callable, Iterable, Optional
 import cv2
 import numpy as np
 
+from edge.accelerator import Placement, place_models
 from edge.config import Config
-from edge.detector import MtcnnDetector
+from edge.detector import MTCNN_KEYS, MtcnnDetector
 from edge.embedder import Embedder, EmbedderSpec
 from edge.events import Departure, Event
 from edge.gallery import Gallery, GalleryError
-from edge.interpreter import resolve_device
 from edge.manifest import Manifest
 from edge.matcher import Calibration, Matcher
 from edge.pipeline import FrameResult, Recognizer
@@ -35,17 +35,19 @@ class Models:
     detector: MtcnnDetector
     embedder: Embedder
     manifest: Manifest
+    placement: Placement
 
 
 def load_models(config: Config, *, threads: Optional[int] = None) -> Models:
-    """The detector and the configured embedder, sha256-checked, on the configured device (one warning if absent)."""
+    """The detector and the configured embedder, sha256-checked, where :func:`edge.accelerator.place_models` puts
+    them for the configured device (its EdgeTPU variants, else the CPU models, said in one log line)."""
     manifest = Manifest.load(config.models_dir)
-    device = resolve_device(config.detector.device)
+    placement = place_models(manifest, config.detector.device, (*MTCNN_KEYS, config.embedder.model))
     detector = MtcnnDetector.from_manifest(manifest, num_threads=threads or config.detector.num_threads,
-                                           device=device, params=config.detector.cascade_params())
-    embedder = Embedder(manifest.entry(config.embedder.model), num_threads=threads or config.embedder.num_threads,
-                        device=device)
-    return Models(detector, embedder, manifest)
+                                           placement=placement, params=config.detector.cascade_params())
+    embedder = Embedder.placed(manifest.entry(config.embedder.model), placement,
+                               num_threads=threads or config.embedder.num_threads)
+    return Models(detector, embedder, manifest, placement)
 
 
 def open_gallery(config: Config, spec: EmbedderSpec, *, create: bool = True, path=None) -> Gallery:

@@ -146,7 +146,7 @@ def test_edgetpu_absent_falls_back_to_cpu_with_one_warning(caplog):
 
 
 def test_detector_on_absent_edgetpu_warns_once_and_runs(caplog, shared_data):
-    with caplog.at_level(logging.WARNING, logger="edge.interpreter"):
+    with caplog.at_level(logging.WARNING):
         detector = MtcnnDetector.from_manifest(device="edgetpu", num_threads=1)
         result = detector(load_image(shared_data / "group-photos" / "sample1.jpg"))  # builds ~10 P-Net interpreters
     assert len(result) >= 3

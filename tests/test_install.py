@@ -27,9 +27,13 @@ pytestmark = [
 APT_SITE = "/usr/lib/python3/dist-packages"
 
 
-def _install(checkout: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["./install.sh", "--pi-os"], cwd=checkout, env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
+def _install(checkout: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["./install.sh", "--pi-os", *options], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=1800, check=False)
+
+
+def _coral_package_reachable() -> bool:
+    return subprocess.run(["apt-cache", "show", "libedgetpu1-std"], capture_output=True, check=False).returncode == 0
 
 
 def test_the_pi_os_path_keeps_apts_numpy_and_opencv_and_runs_every_model(tmp_path) -> None:
@@ -64,5 +68,18 @@ def test_the_pi_os_path_keeps_apts_numpy_and_opencv_and_runs_every_model(tmp_pat
     names = {json.loads(line)["name"] for line in demo.stdout.splitlines() if line.startswith("{")}
     assert names == {"Lin-Manuel Miranda"}, demo.stdout  # as the checkout's demo (tests/test_cli_runtime.py)
 
-    again = _install(checkout, env)  # idempotent: the second run keeps the venv
+    # Idempotent: the second run keeps the venv. With --coral it adds Coral's runtime when apt can reach its package,
+    # else it says so and prints the exact commands that add Coral's repository (as on this Debian).
+    again = _install(checkout, env, "--coral")
     assert again.returncode == 0 and ".venv exists; reusing it" in again.stdout, again.stdout[-3000:]
+    if _coral_package_reachable():
+        assert "apt-get install libedgetpu1-std" in again.stdout or "Coral runtime: already installed" in again.stdout
+    else:
+        tail = again.stdout[again.stdout.index("install.sh: --coral: libedgetpu1-std is not in this system's apt"):]
+        for command in ("curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o "
+                        "/usr/share/keyrings/coral-edgetpu.gpg",
+                        'echo "deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com'
+                        '/apt coral-edgetpu-stable main" | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list',
+                        "sudo apt-get update && sudo apt-get install -y libedgetpu1-std"):
+            assert f"  {command}\n" in tail, tail
+        assert "[FAIL] accelerator: edgetpu:usb configured, but its delegate did not load" in again.stdout
