@@ -256,9 +256,11 @@ def test_match_is_vectorised_and_agrees_row_by_row(lfw):
     together = matcher.match(queries)
     one_by_one = [matcher.match(q)[0] for q in queries]
     assert [(m.name, m.best) for m in together] == [(m.name, m.best) for m in one_by_one]
-    for field in ("distance", "second_distance", "probability"):  # float32 products differ in the last bits
+    # float32 products differ in the last bits (BLAS picks its kernel by the batch shape); the calibrated
+    # probability's slope near the threshold multiplies a 1e-7 distance difference by ~20.
+    for field, atol in (("distance", 1e-6), ("second_distance", 1e-6), ("probability", 1e-5)):
         np.testing.assert_allclose([getattr(m, field) for m in together], [getattr(m, field) for m in one_by_one],
-                                   atol=1e-6)
+                                   atol=atol)
     names = [m.name for m in together]
     assert names == ["George_W_Bush"] * 2 + ["Colin_Powell"] * 2 + ["Tony_Blair"] * 2 + [None] * 4
     per_person = matcher.distances(queries)

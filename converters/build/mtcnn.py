@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from converters import datasets, manifest_io
 from converters.build import mtcnn_keras as mk
-from converters.build import prelu
 from converters.fetch import sources
 from converters.quantize import tflite_tools
 from edge import interpreter as tfl
@@ -37,15 +36,6 @@ MAX_RNET_CROPS = 3000
 MAX_ONET_CROPS = 1500
 CALIBRATION_SEED = 0
 INPUT_SIDE = {"rnet": cascade.RNET_INPUT_SIZE, "onet": cascade.ONET_INPUT_SIZE}
-# P-Net runs one image (of any size); R-Net and O-Net a dynamic batch, all of a frame's crops in one invoke.
-BATCH_SIZE = {"pnet": 1, "rnet": None, "onet": None}
-# Equalisation of the channels around each PReLU (mk.equalised). int8-vs-float face-probability mean |diff| on the
-# held-out samples, P-Net / R-Net / O-Net: 0.0108 / 0.0343 / 0.0756 with max(x, a·x) and no equalisation,
-# 0.0103 / 0.0170 / 0.0116 with x + (a-1)·min(x, 0) at strength 1, 0.0095 / 0.0201 / 0.0122 at 0.5; the shipped
-# depthwise form (converters.build.prelu) 0.0109 / 0.0186 / 0.0125 at strength 1.
-EQUALISATION_STRENGTH = 1.0
-# Ranges are probed on every n-th calibration sample (P-Net's are whole pyramid levels: the slow ones).
-RANGE_SAMPLE_STEP = {"pnet": 4, "rnet": 1, "onet": 1}
 DESCRIPTIONS = {
     "pnet": "MTCNN proposal net (12x12 window, stride 2, fully convolutional: any input size).",
     "rnet": "MTCNN refine net (24x24 crops): face score and box regression.",
@@ -132,17 +122,6 @@ def crop_samples(images: list, runners, stage: str, limit: int) -> np.ndarray:
     return all_crops
 
 
-def equalised_weights(name: str, weights: list[np.ndarray], samples: list[np.ndarray]) -> list[np.ndarray]:
-    """``name``'s weights with every PReLU's channel ranges evened out over ``samples`` (see mk.equalised)."""
-    ranges = None
-    # P-Net's samples are pyramid levels of different sizes: probe each one and keep the running maximum.
-    for sample in tqdm(samples[::RANGE_SAMPLE_STEP[name]], desc=f"{name} PReLU ranges", unit="sample", leave=False):
-        found = mk.prelu_input_ranges(name, weights, sample)
-        ranges = found if ranges is None else [np.maximum(a, b) for a, b in zip(ranges, found)]
-    gains = [prelu.equalising_gains(r, EQUALISATION_STRENGTH) for r in ranges]
-    return mk.equalised(name, weights, gains)
-
-
 def run_tflite(content: bytes, sample: np.ndarray) -> list[np.ndarray]:
     """Outputs of a TFLite model on one normalised sample (1, h, w, 3), dequantized, ordered by head width."""
     interp = tflite_tools.allocated(content, input_shape=sample.shape)
@@ -195,20 +174,6 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
     runners = keras_runners(faithful)
     step(f"{len(calib.images)} calibration images")
 
-    calib_sets = {"pnet": (pnet_samples(calib.split(False)), pnet_samples(calib.split(True)))}
-    for stage, limit in (("rnet", MAX_RNET_CROPS), ("onet", MAX_ONET_CROPS)):
-        fit_crops = crop_samples(calib.split(False), runners, stage, limit)
-        held_crops = crop_samples(calib.split(True), runners, stage, limit // 3)
-        fit = tflite_tools.normalise(fit_crops, PIXEL_MEAN, PIXEL_STD)
-        held = tflite_tools.normalise(held_crops, PIXEL_MEAN, PIXEL_STD)
-        calib_sets[stage] = ([c[None] for c in fit], [c[None] for c in held])
-    for n, (fit, held) in calib_sets.items():
-        if not fit or not held:
-            raise RuntimeError(f"{n}: no calibration samples were produced; check the shared data")
-    step("calibration samples")
-
-    int8_weights = {n: equalised_weights(n, weights[n], calib_sets[n][0]) for n in mk.NETS}
-
     # Float checks: our Keras nets vs the source package's own nets, and the int8-friendly rewrite vs faithful.
     check_inputs = {
         "pnet": tflite_tools.normalise(calib.images[0], PIXEL_MEAN, PIXEL_STD)[None],
@@ -221,7 +186,7 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
         ours = [np.asarray(t) for t in faithful[n](x)]
         src = [np.asarray(t) for t in mk.source_reference(n, weights[n], package_dir)(x)]
         src = [src[-1]] + src[:-1]  # the source returns (box, [landmarks,] prob); ours (prob, box, [landmarks])
-        rewrite = [np.asarray(t) for t in mk.build(n, int8_weights[n], "int8", batch_size=None)(x)]
+        rewrite = [np.asarray(t) for t in mk.build(n, weights[n], "int8", batch_size=None)(x)]
         float_checks[n] = {
             "keras_vs_source_max_abs_diff": max_abs_diff(ours, src),
             "int8_friendly_rewrite_vs_keras_max_abs_diff": max_abs_diff(rewrite, ours),
@@ -229,15 +194,25 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
         }
         check = float_checks[n]
         tqdm.write(f"{n}: Keras vs source max|diff| = {check['keras_vs_source_max_abs_diff']:.3g}; "
-                   f"elementwise PReLU vs Keras max|diff| = {check['int8_friendly_rewrite_vs_keras_max_abs_diff']:.3g}")
+                   f"ReLU rewrite vs Keras max|diff| = {check['int8_friendly_rewrite_vs_keras_max_abs_diff']:.3g}")
     step("float checks")
+
+    calib_sets = {"pnet": (pnet_samples(calib.split(False)), pnet_samples(calib.split(True)))}
+    for stage, limit in (("rnet", MAX_RNET_CROPS), ("onet", MAX_ONET_CROPS)):
+        fit_crops = crop_samples(calib.split(False), runners, stage, limit)
+        held_crops = crop_samples(calib.split(True), runners, stage, limit // 3)
+        fit = tflite_tools.normalise(fit_crops, PIXEL_MEAN, PIXEL_STD)
+        held = tflite_tools.normalise(held_crops, PIXEL_MEAN, PIXEL_STD)
+        calib_sets[stage] = ([c[None] for c in fit], [c[None] for c in held])
+    step("calibration samples")
 
     entries = {}
     for n in mk.NETS:
         fit, held = calib_sets[n]
-        batch = BATCH_SIZE[n]
-        int8_net = mk.build(n, int8_weights[n], "int8", batch_size=batch)
-        float_net = mk.build(n, weights[n], "faithful", batch_size=batch)
+        if not fit or not held:
+            raise RuntimeError(f"{n}: no calibration samples were produced; check the shared data")
+        int8_net = mk.build(n, weights[n], "int8", batch_size=1)
+        float_net = mk.build(n, weights[n], "faithful", batch_size=1)
         started = time.perf_counter()
         bar = tqdm(total=len(fit), desc=f"{n} int8 calibration", unit="sample", leave=False)
 
@@ -284,10 +259,8 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
                            "member_sha256": member_sha[n]},
                 "conversion": {
                     "tensorflow": tf.__version__,
-                    "variant": (f"PReLU as a·x + relu((1-a)·x) [- relu((a-1)·x)] in 1x1 depthwise convs, softmax as "
-                                f"sigmoid, channels equalised (strength {EQUALISATION_STRENGTH}); exact in float"
-                                if variant == "int8"
-                                else "faithful Keras rebuild"),
+                    "variant": ("PReLU rewritten as ReLU + convolutions (int8/XNNPACK fast path, exact in float)"
+                                if variant == "int8" else "faithful Keras rebuild"),
                     "quantization": "full integer, per-channel weights, int8 input/output" if variant == "int8"
                     else "none (float32)",
                     "ops": sorted(set(report.ops)),

@@ -3,10 +3,16 @@
 Two builds of each net from one layer table:
 
 - ``faithful``: Conv/Dense + PReLU exactly as the source (the float reference).
-- ``int8``: every PReLU as 1×1 depthwise convolutions with fused ReLUs and an ADD (:mod:`converters.build.prelu`),
-  every two-way softmax as a sigmoid (:func:`softmax_as_sigmoid`): int8 PRELU and SOFTMAX run outside XNNPACK and
-  the EdgeTPU, these run in both, and no layer is computed twice. Built from :func:`equalised` weights (channel
-  ranges evened out on calibration data), its outputs equal the faithful net's in float up to rounding.
+- ``int8``: every PReLU rewritten with ReLU and convolutions only. int8 PReLU runs on TFLite's reference
+  kernels and outside XNNPACK (int8 P-Net measured 2× slower than float), so it is replaced by the identity
+
+      prelu(y) = relu(y) + s · relu(-|a| · y),   s = -1 where a >= 0, +1 where a < 0
+
+  The layer before it gets 2C outputs ``[W, -|a|W]`` with a fused ReLU, and a linear 2C → C "mix" with weights
+  ``[I; diag(s)]`` recombines them. The mix is folded exactly into the next Conv/Dense (through Permute and
+  Flatten too); only before a max-pool, which does not commute with a non-monotonic PReLU, does it stay as a
+  1×1 convolution. Outputs equal the faithful net's in float up to rounding, and every op is int8/XNNPACK- and
+  EdgeTPU-friendly (CONV_2D, FULLY_CONNECTED, MAX_POOL_2D, RESHAPE/TRANSPOSE, SOFTMAX).
 """
 
 from __future__ import annotations
@@ -17,10 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from converters.build import prelu
-
 NETS = ("pnet", "rnet", "onet")
-VARIANTS = ("faithful", "int8")
 
 
 @dataclass(frozen=True)
@@ -94,135 +97,98 @@ def load_source_weights(path) -> list[np.ndarray]:
     return [np.asarray(w, dtype=np.float32) for w in weights]
 
 
-def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: Optional[int] = 1):
-    """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'.
+def split_prelu(weight: np.ndarray, bias: np.ndarray, alpha: np.ndarray):
+    """(W, b) of a layer followed by PReLU(alpha) → (W2, b2) with 2C outputs for a fused ReLU, and the 2C×C mix."""
+    alpha = alpha.reshape(-1)
+    magnitude = np.abs(alpha)
+    sign = np.where(alpha >= 0, -1.0, 1.0)
+    w2 = np.concatenate([weight, -magnitude * weight], axis=-1)
+    b2 = np.concatenate([bias, -magnitude * bias])
+    mix = np.concatenate([np.eye(len(alpha)), np.diag(sign)], axis=0)
+    return w2.astype(np.float32), b2.astype(np.float32), mix.astype(np.float32)
 
-    ``batch_size=None`` leaves the batch dynamic: R-Net and O-Net then run any number of crops in one invoke
-    (their flatten reshapes to ``(-1, features)``, which the interpreter can resize without re-tracing shapes).
-    """
+
+def fold_mix(mix: np.ndarray, weight: np.ndarray, flattened_positions: int = 0) -> np.ndarray:
+    """Compose a pending 2C→C mix into the next layer's weight (conv HWIO, dense IO, or dense after flatten)."""
+    if weight.ndim == 4:
+        return np.einsum("kc,hwcn->hwkn", mix, weight).astype(np.float32)
+    if flattened_positions:
+        per_position = weight.reshape(flattened_positions, mix.shape[1], -1)
+        return np.einsum("kc,pcn->pkn", mix, per_position).reshape(-1, weight.shape[-1]).astype(np.float32)
+    return (mix @ weight).astype(np.float32)
+
+
+def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: int = 1):
+    """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'."""
     import keras
     from keras import layers as L
-    from keras import ops
 
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant not in ("faithful", "int8"):
+        raise ValueError(f"variant must be 'faithful' or 'int8', got {variant!r}")
     spec = SPECS[name]
     queue = list(weights)
     inputs = keras.Input(spec.input_shape, batch_size=batch_size, name="image")
     x = inputs
+    pending_mix = None  # a 2C→C mix waiting to be folded into the next linear layer
+    flat_positions = 0
+    body = list(spec.body)
 
     def apply(layer, tensor, *params):
         out = layer(tensor)
         layer.set_weights(list(params))
         return out
 
-    for layer in spec.body:
-        if layer.kind == "conv":
-            x = apply(L.Conv2D(layer.units, layer.kernel), x, queue.pop(0), queue.pop(0))
-        elif layer.kind == "dense":
-            x = apply(L.Dense(layer.units), x, queue.pop(0), queue.pop(0))
-        elif layer.kind == "prelu":
-            alpha = queue.pop(0).reshape(-1)
-            if variant == "faithful":
-                shared = [1, 2] if len(x.shape) == 4 else None
-                x = apply(L.PReLU(shared_axes=shared), x, alpha if shared is None else alpha.reshape(1, 1, -1))
+    def emit_mix(tensor):
+        channels = pending_mix.shape[1]
+        return apply(L.Conv2D(channels, 1, use_bias=False), tensor, pending_mix[None, None])
+
+    for i, layer in enumerate(body):
+        followed_by_prelu = i + 1 < len(body) and body[i + 1].kind == "prelu"
+        if layer.kind in ("conv", "dense"):
+            weight, bias = queue.pop(0), queue.pop(0)
+            if pending_mix is not None:
+                weight = fold_mix(pending_mix, weight, flat_positions)
+                pending_mix = None
+            flat_positions = 0
+            if variant == "int8" and followed_by_prelu:
+                alpha = queue.pop(0)
+                weight, bias, pending_mix = split_prelu(weight, bias, alpha)
+                units, activation = 2 * layer.units, "relu"
             else:
-                x = prelu.apply(x, alpha)
+                units, activation = layer.units, None
+            if layer.kind == "conv":
+                x = apply(L.Conv2D(units, layer.kernel, activation=activation), x, weight, bias)
+            else:
+                x = apply(L.Dense(units, activation=activation), x, weight, bias)
+        elif layer.kind == "prelu":
+            if variant == "faithful":
+                alpha = queue.pop(0)
+                shared = [1, 2] if len(x.shape) == 4 else None
+                x = apply(L.PReLU(shared_axes=shared), x, alpha.reshape(tuple(x.shape[1:]) if shared is None
+                                                                          else (1, 1, -1)))
         elif layer.kind == "pool":
+            if pending_mix is not None:
+                x = emit_mix(x)
+                pending_mix = None
             x = L.MaxPooling2D(layer.kernel, layer.stride, padding=layer.padding)(x)
         elif layer.kind == "permute_flatten":
             # The source weights come from Caffe, whose flatten runs over (w, h, c): transpose before flattening.
-            features = int(x.shape[1]) * int(x.shape[2]) * int(x.shape[3])
-            x = ops.reshape(L.Permute((2, 1, 3))(x), (-1, features))
+            flat_positions = int(x.shape[1]) * int(x.shape[2])
+            x = L.Flatten()(L.Permute((2, 1, 3))(x))
         else:
             raise ValueError(f"unknown layer kind {layer.kind}")
 
     outputs = {}
     for head in spec.heads:
         weight, bias = queue.pop(0), queue.pop(0)
-        activation = head.activation
-        if variant == "int8" and activation == "softmax":
-            weight, bias, activation = softmax_as_sigmoid(weight, bias)
-        layer = L.Conv2D(head.units, 1, activation=activation, name=head.name) if weight.ndim == 4 else \
-            L.Dense(head.units, activation=activation, name=head.name)
+        if pending_mix is not None:
+            weight = fold_mix(pending_mix, weight)
+        layer = L.Conv2D(head.units, 1, activation=head.activation, name=head.name) if weight.ndim == 4 else \
+            L.Dense(head.units, activation=head.activation, name=head.name)
         outputs[head.name] = apply(layer, x, weight, bias)
     if queue:
         raise ValueError(f"{name}: {len(queue)} source weight arrays left unused; the layer table is wrong")
     return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_{variant}")
-
-
-def softmax_as_sigmoid(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """A two-way softmax head as a sigmoid head with the same outputs: softmax(l)_i = sigmoid(l_i - l_j).
-
-    int8 SOFTMAX is not delegated to XNNPACK (one node, and a partition, outside it per net); LOGISTIC is, and
-    is on the EdgeTPU's list too. Column i of the new head computes l_i - l_j directly from the weights.
-    """
-    if weight.shape[-1] != 2:
-        raise ValueError(f"only a two-way softmax becomes a sigmoid, this head has {weight.shape[-1]} outputs")
-    swap = weight[..., ::-1]
-    return (weight - swap).astype(np.float32), (bias - bias[::-1]).astype(np.float32), "sigmoid"
-
-
-def _weight_slots(name: str) -> list[tuple[str, int]]:
-    """(kind, index into the source weight list) of every conv/dense, PReLU and head, in layer order."""
-    slots, index = [], 0
-    for layer in SPECS[name].body:
-        if layer.kind in ("conv", "dense"):
-            slots.append((layer.kind, index))
-            index += 2
-        elif layer.kind == "prelu":
-            slots.append(("prelu", index))
-            index += 1
-    slots.extend(("head", index + 2 * i) for i in range(len(SPECS[name].heads)))
-    return slots
-
-
-def equalised(name: str, weights: list[np.ndarray], gains: list[np.ndarray]) -> list[np.ndarray]:
-    """The same function with each PReLU's channels scaled by ``gains`` (one array per PReLU, all > 0).
-
-    PReLU is positively homogeneous (prelu(g·y) = g·prelu(y)) and max-pool commutes with a positive per-channel
-    scale, so channel c of the layer before PReLU k is multiplied by ``gains[k][c]`` and the matching input rows
-    of the next linear layer (or of every head) by its inverse. The int8 tensors before and after a PReLU share one
-    scale (MAXIMUM keeps its input's scale), so one channel with a wide range would coarsen all the others: gains
-    that even the channel ranges out give every channel its share of the 256 levels.
-    """
-    out = [np.array(w, dtype=np.float32, copy=True) for w in weights]
-    slots = _weight_slots(name)
-    prelus = [i for i, (kind, _) in enumerate(slots) if kind == "prelu"]
-    if len(gains) != len(prelus):
-        raise ValueError(f"{name} has {len(prelus)} PReLUs, got {len(gains)} gain arrays")
-    for position, gain in zip(prelus, gains):
-        gain = np.asarray(gain, dtype=np.float32).reshape(-1)
-        if np.any(gain <= 0):
-            raise ValueError(f"{name}: equalisation gains must be positive")
-        kind, producer = slots[position - 1]
-        out[producer] = out[producer] * gain  # output channels are the last axis of both HWIO and (in, out)
-        out[producer + 1] = out[producer + 1] * gain
-        following = slots[position + 1:]
-        consumers = [following[0][1]] if following[0][0] != "head" else [i for k, i in following if k == "head"]
-        for consumer in consumers:
-            weight = out[consumer]
-            if weight.ndim == 4:  # HWIO: input channels on axis 2
-                out[consumer] = weight / gain.reshape(1, 1, -1, 1)
-            else:  # (features, units); after a flatten the channel is the fastest-varying feature index
-                out[consumer] = weight / np.tile(gain, weight.shape[0] // len(gain))[:, None]
-    return out
-
-
-def prelu_input_ranges(name: str, weights: list[np.ndarray], samples: np.ndarray, batch: int = 64) -> list:
-    """Per PReLU of the faithful net: each channel's largest |input| over ``samples`` (normalised inputs)."""
-    import keras
-
-    model = build(name, weights, "faithful", batch_size=None)
-    prelus = [layer for layer in model.layers if isinstance(layer, keras.layers.PReLU)]
-    probe = keras.Model(model.input, [layer.input for layer in prelus])
-    ranges = [np.zeros(int(layer.input.shape[-1])) for layer in prelus]
-    for start in range(0, len(samples), batch):
-        outs = probe(samples[start:start + batch], training=False)
-        for k, y in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
-            y = np.abs(np.asarray(y)).reshape(-1, len(ranges[k]))
-            ranges[k] = np.maximum(ranges[k], y.max(axis=0))
-    return ranges
 
 
 def source_reference(name: str, weights: list[np.ndarray], package_dir):
