@@ -94,11 +94,14 @@ def load_source_weights(path) -> list[np.ndarray]:
     return [np.asarray(w, dtype=np.float32) for w in weights]
 
 
-def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: Optional[int] = 1):
+def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: Optional[int] = 1,
+          input_hw: Optional[tuple[int, int]] = None):
     """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'.
 
     ``batch_size=None`` leaves the batch dynamic: R-Net and O-Net then run any number of crops in one invoke
     (their flatten reshapes to ``(-1, features)``, which the interpreter can resize without re-tracing shapes).
+    ``input_hw`` fixes P-Net's input (height, width) (an EdgeTPU model has one static shape); R-Net and O-Net
+    take only their own crop size.
     """
     import keras
     from keras import layers as L
@@ -107,8 +110,13 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     spec = SPECS[name]
+    input_shape = spec.input_shape
+    if input_hw is not None:
+        if spec.input_shape[0] is not None and tuple(input_hw) != spec.input_shape[:2]:
+            raise ValueError(f"{name} takes {spec.input_shape[:2]} inputs only, got input_hw={tuple(input_hw)}")
+        input_shape = (*input_hw, 3)
     queue = list(weights)
-    inputs = keras.Input(spec.input_shape, batch_size=batch_size, name="image")
+    inputs = keras.Input(input_shape, batch_size=batch_size, name="image")
     x = inputs
 
     def apply(layer, tensor, *params):
