@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from converters.build.edgetpu import DEFAULT_CALIBRATION_IMAGES as EDGETPU_CALIBRATION_IMAGES
+
     mtcnn = sub.add_parser("mtcnn", help="rebuild the int8 MTCNN models, manifest entries and cards from nothing")
     mtcnn.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")
     mtcnn.add_argument("--shared", type=Path, default=None,
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     tpu.add_argument("--height", type=int, default=None, help="camera height instead of the config's")
     tpu.add_argument("--out", default=None, help="output folder (default: build/edgetpu/<device>)")
     tpu.add_argument("--models", default=str(default_models_dir()), help="shipped models (the embedder, CPU entries)")
-    tpu.add_argument("--calibration-images", type=int, default=120,
+    tpu.add_argument("--calibration-images", type=int, default=EDGETPU_CALIBRATION_IMAGES,
                      help="calibration images (never LFW) per net (default: %(default)s)")
     tpu.add_argument("--shared", type=Path, default=None,
                      help="the shared folder holding data/ (default: $DOORFACE_SHARED or ../shared)")

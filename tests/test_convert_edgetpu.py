@@ -133,3 +133,17 @@ def test_edgetpu_command_writes_static_models_of_the_runtime_pyramid_and_skips_c
         assert all(d > 0 for d in interp.get_input_details()[0]["shape_signature"])
         assert all(d > 0 for t in interp.get_tensor_details() for d in t["shape_signature"])
         assert interp.get_input_details()[0]["dtype"] == np.int8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device-config", "device_configs/no-such-device.yaml"], "no-such-device.yaml"),
+    (["--device-config", "device_configs/pi4-coral.yaml", "--calibration-images", "0"],
+     "calibration_images must be at least 1"),
+])
+def test_edgetpu_command_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, args, message):
+    from converters import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["edgetpu", *args, "--out", str(out)]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

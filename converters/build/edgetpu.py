@@ -29,7 +29,6 @@ entries (:mod:`edge.manifest`). Without it nothing is compiled and no EdgeTPU en
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -49,8 +48,6 @@ from edge import interpreter as tfl
 from edge import mtcnn as cascade
 from edge.config import Config
 from edge.manifest import EDGETPU_SUFFIX, Manifest
-
-log = logging.getLogger(__name__)
 
 CROP_BATCH = 1  # R-Net/O-Net: see the module docstring
 COMPILER = "edgetpu_compiler"
@@ -126,6 +123,8 @@ def build_models(config: Config, out_dir: Path, shared: Optional[Path] = None, c
     """Write and check every static-shape int8 model for ``config``'s camera in ``out_dir``."""
     width, height = config.camera.width, config.camera.height
     params = config.detector.cascade_params()
+    if calibration_images < 1:
+        raise ValueError(f"calibration_images must be at least 1, got {calibration_images}")
     out_dir.mkdir(parents=True, exist_ok=True)
     shapes = pnet_shapes(width, height, params)
     if not shapes:
