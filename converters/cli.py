@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,21 @@ def _cmd_embedder(args) -> int:
     entry = module.convert(Path(args.out), cache=args.cache)
     print(f"{entry['file']}: {entry['size_bytes']:,} B, sha256 {entry['sha256'][:16]}…")
     return 0
+
+
+def _cmd_edgetpu(args) -> int:
+    from converters.build import edgetpu
+    from edge.config import load_config
+
+    config = load_config(user_config=args.device_config)
+    if args.width or args.height:
+        camera = dataclasses.replace(config.camera, width=args.width or config.camera.width,
+                                     height=args.height or config.camera.height)
+        config = dataclasses.replace(config, camera=camera)
+    out = Path(args.out) if args.out else Path("build") / "edgetpu" / config.device_name
+    built = edgetpu.run(config, out, shared=args.shared, cache=args.cache,
+                        calibration_images=args.calibration_images, models_dir=Path(args.models))
+    return 0 if all(m.verdict == "maps whole" for m in built) else 1
 
 
 def _cmd_check(args) -> int:
@@ -70,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from converters.build.edgetpu import DEFAULT_CALIBRATION_IMAGES as EDGETPU_CALIBRATION_IMAGES
+
     mtcnn = sub.add_parser("mtcnn", help="rebuild the int8 MTCNN models, manifest entries and cards from nothing")
     mtcnn.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")
     mtcnn.add_argument("--shared", type=Path, default=None,
@@ -84,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
         embedder.add_argument("--out", default=str(default_models_dir()), help="output folder (default: %(default)s)")
         embedder.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
         embedder.set_defaults(func=_cmd_embedder, module=module)
+
+    tpu = sub.add_parser("edgetpu", help="static-shape int8 models of every stage for a device's camera, checked "
+                                         "for the EdgeTPU and compiled when edgetpu_compiler is on PATH")
+    tpu.add_argument("--device-config", type=Path, required=True,
+                     help="device config YAML (e.g. device_configs/pi4-coral.yaml): camera size, detector, embedder")
+    tpu.add_argument("--width", type=int, default=None, help="camera width instead of the config's")
+    tpu.add_argument("--height", type=int, default=None, help="camera height instead of the config's")
+    tpu.add_argument("--out", default=None, help="output folder (default: build/edgetpu/<device>)")
+    tpu.add_argument("--models", default=str(default_models_dir()), help="shipped models (the embedder, CPU entries)")
+    tpu.add_argument("--calibration-images", type=int, default=EDGETPU_CALIBRATION_IMAGES,
+                     help="calibration images (never LFW) per net (default: %(default)s)")
+    tpu.add_argument("--shared", type=Path, default=None,
+                     help="the shared folder holding data/ (default: $DOORFACE_SHARED or ../shared)")
+    tpu.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
+    tpu.set_defaults(func=_cmd_edgetpu)
 
     check = sub.add_parser("check", help="parse every shipped model: int8 ops only? EdgeTPU compatible?")
     check.add_argument("--models", default=str(default_models_dir()))

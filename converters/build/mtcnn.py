@@ -103,10 +103,10 @@ def pnet_samples(images: list) -> list[np.ndarray]:
     return samples
 
 
-def crop_samples(images: list, runners, stage: str, limit: int) -> np.ndarray:
+def crop_samples(images: list, runners, stage: str, limit: int,
+                 params: cascade.CascadeParams = cascade.DEFAULT_PARAMS) -> np.ndarray:
     """The crops that the float cascade feeds R-Net (``stage='rnet'``) or O-Net (``'onet'``) on these images."""
     pnet, rnet, _ = runners
-    params = cascade.DEFAULT_PARAMS
     crops = []
     for image in tqdm(images, desc=f"{stage} calibration crops", unit="img", leave=False):
         pyramid = cascade.Pyramid.build(image, params)

@@ -118,16 +118,26 @@ def fold_mix(mix: np.ndarray, weight: np.ndarray, flattened_positions: int = 0) 
     return (mix @ weight).astype(np.float32)
 
 
-def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: int = 1):
-    """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'."""
+def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: int = 1,
+          input_hw: Optional[tuple[int, int]] = None):
+    """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'.
+
+    ``input_hw`` fixes P-Net's input (height, width) (an EdgeTPU model has one static shape); R-Net and O-Net
+    take only their own crop size.
+    """
     import keras
     from keras import layers as L
 
     if variant not in ("faithful", "int8"):
         raise ValueError(f"variant must be 'faithful' or 'int8', got {variant!r}")
     spec = SPECS[name]
+    input_shape = spec.input_shape
+    if input_hw is not None:
+        if spec.input_shape[0] is not None and tuple(input_hw) != spec.input_shape[:2]:
+            raise ValueError(f"{name} takes {spec.input_shape[:2]} inputs only, got input_hw={tuple(input_hw)}")
+        input_shape = (*input_hw, 3)
     queue = list(weights)
-    inputs = keras.Input(spec.input_shape, batch_size=batch_size, name="image")
+    inputs = keras.Input(input_shape, batch_size=batch_size, name="image")
     x = inputs
     pending_mix = None  # a 2C→C mix waiting to be folded into the next linear layer
     flat_positions = 0

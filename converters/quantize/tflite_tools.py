@@ -184,27 +184,94 @@ def _builtin_ref_resolver(be):
     return resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
+EDGETPU_MAX_DIMS_ABOVE_ONE = 3
+"""coral.ai, "Model requirements": tensors are 1-, 2- or 3-dimensional; a tensor with more dimensions may have a size
+> 1 only in its 3 innermost ones (so (1, 24, 24, 3) maps and a batch of crops (16, 24, 24, 3) does not)."""
+
+
+@dataclass(frozen=True)
+class OpFallback:
+    """The first op the EdgeTPU would not run: it and every op after it fall back to the CPU."""
+
+    index: int
+    """Position in execution order."""
+    op: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"op {self.index} {self.op}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class EdgeTPUReport:
     compatible: bool
     problems: tuple[str, ...]
     compiler: str
     """What `edgetpu_compiler` said, or why it was not run."""
+    first_fallback: Optional[OpFallback] = None
+    """Where the one EdgeTPU partition ends; None when every op maps."""
+    ops: int = 0
+    """Ops in the model; those before ``first_fallback`` would run on the EdgeTPU."""
+
+    @property
+    def mapped_ops(self) -> int:
+        return self.ops if self.first_fallback is None else self.first_fallback.index
+
+
+def _tensor_problem(detail: dict, constant: bool) -> Optional[str]:
+    """Why one tensor keeps its op off the EdgeTPU, or None."""
+    name, shape = detail["name"], tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    dtype = np.dtype(detail["dtype"])
+    if dtype not in (np.int8, np.uint8) and not (constant and dtype == np.int32):
+        kind = "constant" if constant else "activation"
+        return f"{kind} tensor '{name}' is {dtype.name} (the EdgeTPU runs int8/uint8 only, int32 only for biases)"
+    if any(d < 0 for d in shape):
+        return f"tensor '{name}' {shape} has a dynamic shape (the EdgeTPU compiles one static shape)"
+    # Weights (e.g. a conv's (out, h, w, in) filter) are laid out by the compiler: the rule is the activations'.
+    if (not constant and len(shape) > EDGETPU_MAX_DIMS_ABOVE_ONE
+            and any(d > 1 for d in shape[:-EDGETPU_MAX_DIMS_ABOVE_ONE])):
+        above_one = sum(d > 1 for d in shape)
+        return (f"tensor '{name}' {shape} has {above_one} dimensions > 1 (the EdgeTPU allows sizes > 1 only in the "
+                f"{EDGETPU_MAX_DIMS_ABOVE_ONE} innermost)")
+    return None
+
+
+def edgetpu_walk(content: bytes) -> tuple[int, list[OpFallback]]:
+    """Every op in execution order against the EdgeTPU's rules: the op count and each op that would not map,
+    with the first reason found (op not on :data:`EDGETPU_OPS`, a non-int8 tensor, a dynamic shape, > 3
+    dimensions > 1)."""
+    be = tfl.backend()
+    interp = be.interpreter_class(model_content=content)
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # noqa: SLF001 - the only TF-free way to list ops
+    produced = {int(i) for op in ops for i in op["outputs"]} | {d["index"] for d in interp.get_input_details()}
+    failures = []
+    for op in ops:
+        name = op["op_name"]
+        if name not in EDGETPU_OPS:
+            failures.append(OpFallback(op["index"], name, "not an op the EdgeTPU compiler maps"))
+            continue
+        for i in [int(i) for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]:
+            problem = _tensor_problem(details[i], constant=i not in produced)
+            if problem:
+                failures.append(OpFallback(op["index"], name, problem))
+                break
+    return len(ops), failures
 
 
 def check_edgetpu(model_path: Path, report: Optional[ModelReport] = None) -> EdgeTPUReport:
-    """Static EdgeTPU compatibility from the parsed model; ``edgetpu_compiler`` is run too when it is on PATH."""
-    report = report or inspect_model(model_path)
-    problems = []
-    unsupported = sorted(set(report.ops) - EDGETPU_OPS)
-    if unsupported:
-        problems.append(f"ops the EdgeTPU cannot map: {', '.join(unsupported)}")
-    if report.float_ops:
-        problems.append(f"float ops: {', '.join(sorted(set(report.float_ops)))}")
-    if report.input_dtype not in ("int8", "uint8"):
-        problems.append(f"input is {report.input_dtype}, not int8/uint8")
-    if report.dynamic_input:
-        problems.append("dynamic input shape: compile one model per input size (e.g. per P-Net pyramid level)")
+    """Static EdgeTPU check: the first op that would fall back to the CPU (which ends the single EdgeTPU
+    partition) and every distinct reason; ``edgetpu_compiler`` is run too when it is on PATH.
+
+    ``report`` (the model's :func:`inspect_model`) adds a hint for a dynamic input."""
+    content = Path(model_path).read_bytes()
+    op_count, failures = edgetpu_walk(content)
+    problems = [str(failures[0])] if failures else []
+    if len(failures) > 1:
+        problems.append(f"{len(failures) - 1} later ops would not map either (the CPU runs everything after op "
+                        f"{failures[0].index} anyway)")
+    if report is not None and report.dynamic_input:
+        problems.append("dynamic input shape: compile one model per input size (`doorface-convert edgetpu`)")
     compiler = shutil.which("edgetpu_compiler")
     if compiler is None:
         compiler_note = "edgetpu_compiler not on PATH: static check only"
@@ -214,4 +281,4 @@ def check_edgetpu(model_path: Path, report: Optional[ModelReport] = None) -> Edg
             compiler_note = (run.stdout + run.stderr).strip()[-2000:]
             if run.returncode != 0:
                 problems.append("edgetpu_compiler failed")
-    return EdgeTPUReport(not problems, tuple(problems), compiler_note)
+    return EdgeTPUReport(not problems, tuple(problems), compiler_note, failures[0] if failures else None, op_count)
