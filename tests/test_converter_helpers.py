@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.build import tfjs
+from converters.build import prelu, tfjs
 from converters.quantize import tflite_tools
 from edge import interpreter as tfl
 from edge.manifest import Manifest
@@ -95,3 +95,20 @@ def test_tfjs_decode_weights_rejects_bytes_no_weight_accounts_for() -> None:
         tfjs.decode_weights(manifest, {"shard1": bytes(8)})
     with pytest.raises(tfjs.GraphError, match="missing"):
         tfjs.decode_weights(manifest, {})
+
+
+def test_the_depthwise_prelu_identity_is_prelu_for_any_slope() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3, size=(5, 7, 6)).astype(np.float64)
+    for alpha in (np.array([0.25, -0.5, 0.0, 1.0, 0.9, 0.01]), np.array([1.3, -0.2, 2.0, 0.5, 1.0, -1.5])):
+        np.testing.assert_allclose(prelu.identity(x, alpha), prelu.reference(x, alpha), atol=1e-12)
+
+
+def test_equalising_gains_stretch_towards_the_widest_channel_on_a_grid() -> None:
+    gains = prelu.equalising_gains(np.array([8.0, 2.0, 1.0, 1e-6]), strength=1.0)
+    np.testing.assert_allclose(gains[:3], [1.0, 4.0, 8.0])  # every live channel reaches the widest range
+    assert gains[3] == 1.0  # a dead channel keeps its scale
+    half = prelu.equalising_gains(np.array([8.0, 2.0]), strength=0.5)
+    np.testing.assert_allclose(half, [1.0, 2.0])  # half-way in log space
+    capped = prelu.equalising_gains(np.array([1.0, 1e-2]), strength=1.0, max_gain=16.0)
+    assert capped[1] == 16.0

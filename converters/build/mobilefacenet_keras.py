@@ -34,17 +34,17 @@ absorb u and v).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from converters.build.prelu import equalising_gains
+from converters.build import prelu as elementwise
 from converters.build.tfjs import GraphError, TfjsGraph, TfjsNode, attr_ints, attr_str, attr_strs
 
 INPUT_SIZE = 112
-VARIANTS = ("faithful", "relu")
+VARIANTS = ("faithful", "relu", "depthwise")
 
 # TFJS convolution ops (the PReLU pattern's Relu/Abs/Sub/Mul and the L2 tail are matched, never emitted).
 CONV_OPS = ("_FusedConv2D", "Conv2D")
@@ -252,7 +252,7 @@ def equalised_scales(alpha: np.ndarray, pos_range: np.ndarray, neg_range: np.nda
     pos_range = np.asarray(pos_range, np.float64)
     neg_range = np.asarray(neg_range, np.float64)
     branches = np.concatenate([pos_range * base.k, neg_range * base.t])  # ranges of the identity's branches
-    gains = equalising_gains(branches, strength, grid_steps, dead, max_gain)
+    gains = elementwise.equalising_gains(branches, strength, grid_steps, dead, max_gain)
     return BranchScales((base.k * gains[: len(alpha)]).astype(np.float32),
                         (base.t * gains[len(alpha):]).astype(np.float32), alpha)
 
@@ -362,7 +362,7 @@ class _Builder:
         source = self.values[step.inputs[0]]
         users = self.consumers[step.name]
         prelu = users[0] if len(users) == 1 and users[0].kind == "prelu" else None
-        if self.variant == "faithful" or prelu is None:
+        if self.variant != "relu" or prelu is None:
             self.values[step.name] = _Dense(self.summed(step, source, lambda w: w, step.bias, step.name, step.relu))
             return
         if step.relu:
@@ -384,6 +384,8 @@ class _Builder:
                 self.values[step.name] = _Dense(inputs)
             elif step.kind in ("conv", "depthwise"):
                 self.conv(step)
+            elif step.kind == "prelu" and self.variant == "depthwise":
+                self.values[step.name] = _Dense(elementwise.apply(self.values[step.inputs[0]].tensor, step.alpha))
             elif step.kind == "prelu" and self.variant == "faithful":
                 layer = self.L.PReLU(shared_axes=[1, 2], name=step.name)
                 source = self.values[step.inputs[0]].tensor
@@ -415,6 +417,35 @@ def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return _Builder(plan, variant, scales or {}).run(batch_size)
+
+
+def equalised_plan(plan: Plan, ranges: dict, depthwise_strength: float, conv_strength: float) -> Plan:
+    """The same function with each PReLU's channels scaled towards a common range (for the ``depthwise`` variant).
+
+    PReLU is positively homogeneous, so channel c of the convolution before it is multiplied by a gain g_c and the
+    input channel c of every convolution reading it by 1/g_c. The int8 tensors around a PReLU then share their
+    256 levels evenly instead of one wide channel setting the scale for all. ``depthwise_strength`` applies where
+    only depthwise convs read the PReLU (free: per-channel weights on both sides), ``conv_strength`` where a 1×1
+    conv does (its per-output-channel weight scale must also cover the stretched input rows).
+    """
+    steps = {s.name: s for s in plan.steps}
+    consumers = {s.name: [c for c in plan.steps if s.name in c.inputs] for s in plan.steps}
+    for step in plan.steps:
+        if step.kind != "prelu":
+            continue
+        users = consumers[step.name]
+        if not users or any(u.kind not in ("conv", "depthwise") for u in users):
+            continue  # an add or flatten reads it: no weights there to take the inverse gain
+        strength = depthwise_strength if all(u.kind == "depthwise" for u in users) else conv_strength
+        pos, neg = ranges[step.name]
+        gain = elementwise.equalising_gains(np.maximum(pos, neg), strength).astype(np.float32)
+        producer = steps[step.inputs[0]]
+        steps[producer.name] = replace(producer, weight=scale_out(producer.weight, gain, producer.kind),
+                                       bias=(producer.bias * gain).astype(np.float32))
+        for user in users:
+            current = steps[user.name]
+            steps[user.name] = replace(current, weight=scale_in(current.weight, 1.0 / gain))
+    return replace(plan, steps=tuple(steps[s.name] for s in plan.steps))
 
 
 def prelu_ranges(plan: Plan, inputs: np.ndarray, batch: int = 25) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -2,13 +2,18 @@
 
 int8 PRELU runs on TFLite's reference kernel, outside XNNPACK and the EdgeTPU. With per-channel slopes ``a``:
 
-    prelu(x) = a·x + relu((1 - a)·x) - relu((a - 1)·x)
+    prelu(x) = a·x + relu(max(1 - a, 0)·x) - relu(max(a - 1, 0)·x)
 
-exact for any ``a`` (the last term only where some a > 1; for a ≤ 1 it is zero). Each product is a 1×1 depthwise
+exact for any ``a`` (the last term only where some a > 1). Each product is a 1×1 depthwise
 convolution (per-channel int8 weights, so every slope keeps its own precision), the ReLUs are fused into them, and
 one ADD (and one SUB) sums them: DEPTHWISE_CONV_2D, ADD and SUB, all delegated to XNNPACK (0 nodes outside it,
 measured with ``bench.delegation``) and on the EdgeTPU's list. They cost C multiply-adds per pixel each, against
 the k·k·C_in of the convolution before; the earlier rewrite computed that convolution twice.
+
+Not shipped, because int8 accuracy drops where each PReLU output is stored in int8 (the ReLU-branch rewrites of
+:mod:`mtcnn_keras` and :mod:`mobilefacenet_keras` never store it): the int8 MTCNN built this way recalled 98.8% of
+float MTCNN's faces against 99.3%, and MobileFaceNet's int8-vs-float mean cosine was 0.947 against 0.994
+(``python -m converters.build.mobilefacenet --compare`` still builds it). Kept for that comparison.
 
 Measured and left: MAXIMUM / MINIMUM forms (``max(x, a·x)``, ``x + (a-1)·min(x, 0)``) and a separate RELU are not
 delegated in int8 (one XNNPACK partition per PReLU), and MAXIMUM's shared input/output scale clipped the
@@ -27,8 +32,8 @@ def reference(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def identity(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The identity :func:`apply` emits, in numpy (channels last)."""
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    return alpha * x + relu((1.0 - alpha) * x) - relu((alpha - 1.0) * x)
+    below, above = np.maximum(1.0 - alpha, 0.0), np.maximum(alpha - 1.0, 0.0)
+    return alpha * x + np.maximum(below * x, 0.0) - np.maximum(above * x, 0.0)
 
 
 def apply(x, alpha: np.ndarray):
