@@ -96,7 +96,7 @@ def test_batch_of_crops_breaks_the_three_innermost_dimensions_rule(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("edgetpu_compiler") is not None, reason="checks the no-compiler path")
-def test_edgetpu_command_writes_static_models_of_the_runtime_pyramid_and_skips_compiling(tmp_path, capsys):
+def test_edgetpu_command_writes_static_models_of_the_runtime_pyramid_and_skips_compiling(tmp_path, capsys, shared_data):
     import cv2
 
     from converters import cli, datasets
