@@ -126,7 +126,6 @@ class CropNet:
         self.bound = _Bound(model)
         self.widths = widths
         self.chunk = self.bound.fixed_batch or max_batch
-        self.invokes = 0
         missing = set(widths) - set(self.bound.outputs)
         if missing:
             raise ValueError(f"model '{model.entry.key}' lacks output heads of width {sorted(missing)}")
@@ -141,7 +140,6 @@ class CropNet:
             if self.bound.fixed_batch is not None and count < self.chunk:
                 part = np.concatenate([part, np.repeat(part[:1], self.chunk - count, axis=0)])
             out = self.bound.run_quantized(part)
-            self.invokes += 1
             for column, width in zip(raw, self.widths):
                 column[start:start + count] = out[width][:count]
         results = [tfl.dequantize(column, spec) for column, spec in zip(raw, specs)]
