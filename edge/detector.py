@@ -2,10 +2,10 @@
 
 P-Net is fully convolutional and runs once per pyramid level. Re-allocating one interpreter for every level of
 every frame would rebuild XNNPACK's packed weights each time, so each distinct input shape keeps its own
-interpreter (a video has the same few shapes every frame). R-Net and O-Net run all of a frame's candidates in one
-invoke: their batch is dynamic, and resizing it only re-plans activations (about 10 µs, measured), so the one
-interpreter is resized to the frame's crop count. A model with a fixed batch (an EdgeTPU build) runs in chunks
-of that batch, the last one padded.
+interpreter (a video has the same few shapes every frame). R-Net and O-Net run a frame's candidates in batches:
+their batch is dynamic, and resizing it only re-plans activations (about 10 µs, measured), so the one interpreter
+is resized to the frame's crop count, up to a cap that bounds its memory. A model with a fixed batch (an EdgeTPU
+build) runs in chunks of that batch, the last one padded.
 
 With an EdgeTPU (see :mod:`edge.accelerator`), a pyramid level whose shape has a compiled P-Net runs it on the
 EdgeTPU and any other level the CPU model; R-Net and O-Net run their compiled variant when there is one.
@@ -28,9 +28,12 @@ from edge.mtcnn import DEFAULT_PARAMS, CascadeParams, detect_faces
 MTCNN_KEYS = ("pnet", "rnet", "onet")
 # Enough for every pyramid level of a couple of frame sizes; each P-Net interpreter holds well under 1 MB.
 PNET_SHAPE_CACHE = 48
-# Crops per R-Net / O-Net invoke with a dynamic batch: bounds the activations of a crowded frame (O-Net: ~40 KB a
-# crop) while every ordinary frame still runs in one invoke.
-MAX_CROP_BATCH = 256
+# Most crops per R-Net / O-Net invoke with a dynamic batch. The interpreter's arena keeps the largest batch it ever
+# ran (measured RSS growth: R-Net ~23 KB a crop, O-Net ~195 KB), and a CPU does the same work per crop at any batch
+# (int8 XNNPACK: 0.6 ms an O-Net crop, batched or not), so a bounded batch costs no time and caps the arena at
+# ~1.5 MB (R-Net, 64) and ~3 MB (O-Net, 16); a door frame's O-Net candidates usually fit in one invoke.
+RNET_MAX_BATCH = 64
+ONET_MAX_BATCH = 16
 
 # Output heads are told apart by their width, which the architecture fixes.
 FACE_PROB_WIDTH = 2
@@ -118,11 +121,11 @@ class PNet:
 class CropNet:
     """R-Net / O-Net runner over a frame's crops: ``(n, s, s, 3) uint8 → (prob (n,), offsets (n, 4)[, (n, 10)])``.
 
-    All crops go in one invoke (up to ``max_batch``); a model with a fixed batch takes them in chunks of it, the
-    last one padded with its first crop (its outputs are dropped).
+    Crops go in invokes of up to ``max_batch`` (a dynamic batch); a model with a fixed batch takes them in chunks of
+    it, the last one padded with its first crop (its outputs are dropped).
     """
 
-    def __init__(self, model: _Model, widths: tuple[int, ...], max_batch: int = MAX_CROP_BATCH):
+    def __init__(self, model: _Model, widths: tuple[int, ...], max_batch: int):
         self.bound = _Bound(model)
         self.widths = widths
         self.chunk = self.bound.fixed_batch or max_batch
@@ -182,8 +185,9 @@ class MtcnnDetector:
                                     f"({', '.join(v.entry.key for v in variants)}); it takes one (a fixed batch)")
         return cls(
             pnet=PNet(cpu[0], compiled[0]),
-            rnet=CropNet(compiled[1][0] if compiled[1] else cpu[1], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH)),
+            rnet=CropNet(compiled[1][0] if compiled[1] else cpu[1], (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH),
+                         RNET_MAX_BATCH),
             onet=CropNet(compiled[2][0] if compiled[2] else cpu[2],
-                         (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH, LANDMARKS_WIDTH)),
+                         (FACE_PROB_WIDTH, BOX_OFFSETS_WIDTH, LANDMARKS_WIDTH), ONET_MAX_BATCH),
             params=params,
         )

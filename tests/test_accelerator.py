@@ -130,7 +130,8 @@ def test_the_compiled_variants_in_the_manifest_are_chosen_per_stage(delegate_loa
 
 def test_a_compiled_variant_whose_sha256_differs_is_refused_before_it_runs(delegate_loads, tmp_path) -> None:
     folder = _models_with(tmp_path, lambda folder: {
-        "onet_edgetpu": _variant(folder, "onet", "mtcnn_onet_edgetpu.tflite", b"compiled", sha256="0" * 64)})
+        "onet_edgetpu": _variant(folder, "onet", "mtcnn_onet_edgetpu.tflite", b"compiled", shape=[8, 48, 48, 3],
+                                 sha256="0" * 64)})
     manifest = Manifest.load(folder)
     with pytest.raises(ModelIntegrityError, match=r"'onet_edgetpu' file .*mtcnn_onet_edgetpu.tflite does not match "
                                                   r"the manifest .*expected 000000000000"):

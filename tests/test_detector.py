@@ -8,11 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
+from bench.delegation import delegation
 from converters.datasets import load_lfw_landmarks
 from converters.evaluate.metrics import centre_face_index, landmark_nme_interocular
 from converters.quantize import tflite_tools
 from edge import interpreter as tfl
-from edge.detector import MtcnnDetector
+from edge import mtcnn as cascade
+from edge.detector import ONET_MAX_BATCH, RNET_MAX_BATCH, MtcnnDetector
 from edge.faces import Detections
 from edge.image_io import load_image, to_rgb
 from edge.manifest import Manifest, ManifestError, ModelIntegrityError, default_models_dir
@@ -49,6 +51,32 @@ def test_every_shipped_int8_model_has_no_float_op(key):
     report = tflite_tools.inspect_model(entry.path)
     assert report.fully_int8, f"float ops in {key}: {report.float_ops}"
     assert "PRELU" not in report.ops  # int8 PReLU runs on reference kernels: the shipped models avoid it
+
+
+@pytest.mark.parametrize("key", INT8_KEYS)
+def test_every_shipped_int8_model_runs_wholly_inside_xnnpack(key):
+    """No node left to TFLite's reference kernels (int8 PRELU and SOFTMAX were; LOGISTIC and the rest are not)."""
+    entry = Manifest.load().entry(key)
+    shape = (1, 120, 160, 3) if entry.input.shape[1] < 0 else None
+    assert delegation(entry.read_verified(), shape).outside == ()
+
+
+def test_crop_nets_take_a_frames_candidates_in_batches_with_the_outputs_of_one_by_one(detector, shared_data):
+    """R-Net and O-Net have a dynamic batch: a frame's crops run in invokes of up to the cap, and each crop's outputs
+    are those it gets alone (int8 XNNPACK computes every row of a batch the same way)."""
+    image = load_image(shared_data / "group-photos" / "sample1.jpg")
+    pyramid = cascade.Pyramid.build(image)
+    candidates = cascade.propose(pyramid, detector.pnet, cascade.DEFAULT_PARAMS)
+    for net, side, cap in ((detector.rnet, cascade.RNET_INPUT_SIZE, RNET_MAX_BATCH),
+                           (detector.onet, cascade.ONET_INPUT_SIZE, ONET_MAX_BATCH)):
+        assert net.bound.fixed_batch is None
+        crops = pyramid.crops(candidates[:, :4], side)
+        assert len(crops) > cap  # the group photo gives more candidates than one invoke takes
+        batched = net(crops)
+        assert net.bound.batch <= cap
+        alone = [net(crops[i:i + 1]) for i in range(len(crops))]
+        for k, column in enumerate(batched):
+            np.testing.assert_array_equal(column, np.concatenate([one[k] for one in alone]))
 
 
 def test_int8_models_listed():

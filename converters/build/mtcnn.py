@@ -36,6 +36,8 @@ MAX_RNET_CROPS = 3000
 MAX_ONET_CROPS = 1500
 CALIBRATION_SEED = 0
 INPUT_SIDE = {"rnet": cascade.RNET_INPUT_SIZE, "onet": cascade.ONET_INPUT_SIZE}
+# P-Net runs one image (of any size); R-Net and O-Net a dynamic batch, all of a frame's crops in one invoke.
+BATCH_SIZE = {"pnet": 1, "rnet": None, "onet": None}
 DESCRIPTIONS = {
     "pnet": "MTCNN proposal net (12x12 window, stride 2, fully convolutional: any input size).",
     "rnet": "MTCNN refine net (24x24 crops): face score and box regression.",
@@ -211,8 +213,8 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
         fit, held = calib_sets[n]
         if not fit or not held:
             raise RuntimeError(f"{n}: no calibration samples were produced; check the shared data")
-        int8_net = mk.build(n, weights[n], "int8", batch_size=1)
-        float_net = mk.build(n, weights[n], "faithful", batch_size=1)
+        int8_net = mk.build(n, weights[n], "int8", batch_size=BATCH_SIZE[n])
+        float_net = mk.build(n, weights[n], "faithful", batch_size=BATCH_SIZE[n])
         started = time.perf_counter()
         bar = tqdm(total=len(fit), desc=f"{n} int8 calibration", unit="sample", leave=False)
 
@@ -253,13 +255,16 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
                     "scale": in_spec.scale,
                     "zero_point": in_spec.zero_point,
                 },
-                "outputs": {"face_prob": "width 2 (softmax: not face, face)", "box_offsets": "width 4",
+                "outputs": {"face_prob": "width 2 (not face, face; " + ("sigmoid of the logit difference, = softmax)"
+                                                                         if variant == "int8" else "softmax)"),
+                            "box_offsets": "width 4",
                             **({"landmarks": "width 10 (x1..x5, y1..y5)"} if n == "onet" else {})},
                 "source": {**sources.MTCNN_PYPI.describe(), "member": f"mtcnn/assets/weights/{n}.lz4",
                            "member_sha256": member_sha[n]},
                 "conversion": {
                     "tensorflow": tf.__version__,
-                    "variant": ("PReLU rewritten as ReLU + convolutions (int8/XNNPACK fast path, exact in float)"
+                    "variant": ("PReLU rewritten as ReLU + convolutions, two-way softmax as a sigmoid (int8/XNNPACK "
+                                "fast path, exact in float)"
                                 if variant == "int8" else "faithful Keras rebuild"),
                     "quantization": "full integer, per-channel weights, int8 input/output" if variant == "int8"
                     else "none (float32)",

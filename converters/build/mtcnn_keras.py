@@ -11,8 +11,9 @@ Two builds of each net from one layer table:
   The layer before it gets 2C outputs ``[W, -|a|W]`` with a fused ReLU, and a linear 2C → C "mix" with weights
   ``[I; diag(s)]`` recombines them. The mix is folded exactly into the next Conv/Dense (through Permute and
   Flatten too); only before a max-pool, which does not commute with a non-monotonic PReLU, does it stay as a
-  1×1 convolution. Outputs equal the faithful net's in float up to rounding, and every op is int8/XNNPACK- and
-  EdgeTPU-friendly (CONV_2D, FULLY_CONNECTED, MAX_POOL_2D, RESHAPE/TRANSPOSE, SOFTMAX).
+  1×1 convolution. Every two-way softmax becomes a sigmoid (:func:`softmax_as_sigmoid`). Outputs equal the
+  faithful net's in float up to rounding, and every op is int8/XNNPACK- and EdgeTPU-friendly (CONV_2D,
+  FULLY_CONNECTED, MAX_POOL_2D, RESHAPE/TRANSPOSE, LOGISTIC): 0 nodes outside the XNNPACK delegate.
 """
 
 from __future__ import annotations
@@ -118,15 +119,18 @@ def fold_mix(mix: np.ndarray, weight: np.ndarray, flattened_positions: int = 0) 
     return (mix @ weight).astype(np.float32)
 
 
-def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: int = 1,
+def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch_size: Optional[int] = 1,
           input_hw: Optional[tuple[int, int]] = None):
     """A Keras functional model for ``name`` with the source weights; ``variant`` is 'faithful' or 'int8'.
 
+    ``batch_size=None`` leaves the batch dynamic: R-Net and O-Net then run any number of crops in one invoke
+    (their flatten reshapes to ``(-1, features)``, which the interpreter resizes without re-tracing shapes).
     ``input_hw`` fixes P-Net's input (height, width) (an EdgeTPU model has one static shape); R-Net and O-Net
     take only their own crop size.
     """
     import keras
     from keras import layers as L
+    from keras import ops
 
     if variant not in ("faithful", "int8"):
         raise ValueError(f"variant must be 'faithful' or 'int8', got {variant!r}")
@@ -184,7 +188,7 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
         elif layer.kind == "permute_flatten":
             # The source weights come from Caffe, whose flatten runs over (w, h, c): transpose before flattening.
             flat_positions = int(x.shape[1]) * int(x.shape[2])
-            x = L.Flatten()(L.Permute((2, 1, 3))(x))
+            x = ops.reshape(L.Permute((2, 1, 3))(x), (-1, flat_positions * int(x.shape[3])))
         else:
             raise ValueError(f"unknown layer kind {layer.kind}")
 
@@ -193,12 +197,27 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
         weight, bias = queue.pop(0), queue.pop(0)
         if pending_mix is not None:
             weight = fold_mix(pending_mix, weight)
-        layer = L.Conv2D(head.units, 1, activation=head.activation, name=head.name) if weight.ndim == 4 else \
-            L.Dense(head.units, activation=head.activation, name=head.name)
+        activation = head.activation
+        if variant == "int8" and activation == "softmax":
+            weight, bias, activation = softmax_as_sigmoid(weight, bias)
+        layer = L.Conv2D(head.units, 1, activation=activation, name=head.name) if weight.ndim == 4 else \
+            L.Dense(head.units, activation=activation, name=head.name)
         outputs[head.name] = apply(layer, x, weight, bias)
     if queue:
         raise ValueError(f"{name}: {len(queue)} source weight arrays left unused; the layer table is wrong")
     return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_{variant}")
+
+
+def softmax_as_sigmoid(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """A two-way softmax head as a sigmoid head with the same outputs: softmax(l)_i = sigmoid(l_i - l_j).
+
+    int8 SOFTMAX is not delegated to XNNPACK (one node, and a partition, outside it per net); LOGISTIC is, and is
+    on the EdgeTPU's list too. Column i of the new head computes l_i - l_j directly from the weights.
+    """
+    if weight.shape[-1] != 2:
+        raise ValueError(f"only a two-way softmax becomes a sigmoid, this head has {weight.shape[-1]} outputs")
+    swap = weight[..., ::-1]
+    return (weight - swap).astype(np.float32), (bias - bias[::-1]).astype(np.float32), "sigmoid"
 
 
 def source_reference(name: str, weights: list[np.ndarray], package_dir):
