@@ -16,7 +16,7 @@ from edge.manifest import Manifest, default_models_dir
 def _cmd_mtcnn(args) -> int:
     from converters.build import mtcnn
 
-    entries = mtcnn.convert(Path(args.out), shared=args.shared, cache=args.cache)
+    entries = mtcnn.convert(Path(args.out), shared=args.shared, cache=args.cache, prelu_form=args.prelu)
     for key, entry in sorted(entries.items()):
         print(f"{key:<11} {entry['file']:<28} {entry['size_bytes']:>9,} B  sha256 {entry['sha256'][:16]}…")
     return 0
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     mtcnn.add_argument("--shared", type=Path, default=None,
                        help="the shared folder holding data/ (default: $DOORFACE_SHARED or ../shared)")
     mtcnn.add_argument("--cache", type=Path, default=None, help="download cache (default: $DOORFACE_CACHE)")
+    mtcnn.add_argument("--prelu", choices=("branches", "elementwise"), default="branches",
+                       help="int8 PReLU form: 'branches' (shipped: the layer before each PReLU computed twice) "
+                            "or 'elementwise' (no layer computed twice, so faster; fine-tuned for int8, a little less "
+                            "agreement with float: docs/models.md; default: %(default)s)")
     mtcnn.set_defaults(func=_cmd_mtcnn)
 
     embedders = (("dlib-resnet", "dlib_resnet", "dlib ResNet 128-D (npm @vladmandic/face-api)"),

@@ -112,3 +112,88 @@ def test_equalising_gains_stretch_towards_the_widest_channel_on_a_grid() -> None
     np.testing.assert_allclose(half, [1.0, 2.0])  # half-way in log space
     capped = prelu.equalising_gains(np.array([1.0, 1e-2]), strength=1.0, max_gain=16.0)
     assert capped[1] == 16.0
+
+
+def test_the_signed_branch_prelu_identity_is_prelu_for_any_slope() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 3, size=(5, 7, 6)).astype(np.float64)
+    for alpha in (np.array([0.25, -0.5, 0.0, 1.0, 0.9, 0.01]), np.array([1.3, -0.2, 2.0, 0.5, 1.0, -1.5])):
+        np.testing.assert_allclose(prelu.signed_identity(x, alpha), prelu.reference(x, alpha), atol=1e-12)
+
+
+def _random_source_weights(name: str, rng, std: float = 0.3) -> list[np.ndarray]:
+    """Weights in the source's layout for ``name``; PReLU slopes of both signs and above 1."""
+    from converters.build import mtcnn_keras as mk
+
+    spec, shapes, channels, side = mk.SPECS[name], [], 3, mk.SPECS[name].input_shape[0]
+    for layer in spec.body:
+        if layer.kind == "conv":
+            shapes += [(layer.kernel, layer.kernel, channels, layer.units), (layer.units,)]
+            channels, side = layer.units, side and side - layer.kernel + 1
+        elif layer.kind == "pool" and side:
+            side = -(-side // layer.stride) if layer.padding == "same" else (side - layer.kernel) // layer.stride + 1
+        elif layer.kind == "permute_flatten":
+            channels = side * side * channels
+        elif layer.kind == "dense":
+            shapes += [(channels, layer.units), (layer.units,)]
+            channels = layer.units
+        elif layer.kind == "prelu":
+            shapes.append(("slopes", channels))
+    shapes += [s for head in spec.heads for s in (((1, 1, channels, head.units) if side is None else
+                                                    (channels, head.units)), (head.units,))]
+    flat = spec.body[-2].kind == "dense"
+    weights = []
+    for shape in shapes:
+        if shape[0] == "slopes":
+            slope_shape = (shape[1],) if flat and len(weights) == len(shapes) - 2 * len(spec.heads) - 1 else \
+                (1, 1, shape[1])
+            weights.append(rng.uniform(-1.5, 1.5, slope_shape).astype(np.float32))
+        else:
+            weights.append(rng.normal(0, std, shape).astype(np.float32))
+    return weights
+
+
+def test_both_int8_mtcnn_forms_equal_the_faithful_net_in_float_equalised_or_not() -> None:
+    """P-Net, R-Net and O-Net (dense PReLUs, flatten, heads that read the last PReLU's branches or a folded mix),
+    in the shipped ReLU-branch form and in the elementwise one."""
+    from converters.build import mtcnn_keras as mk
+
+    rng = np.random.default_rng(2)
+    for name in mk.NETS:
+        weights = _random_source_weights(name, rng)
+        spec = mk.SPECS[name]
+        shape = (2, 20, 26, 3) if spec.input_shape[0] is None else (2, *spec.input_shape)
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        faithful = [np.asarray(t) for t in mk.build(name, weights, "faithful", batch_size=None)(x)]
+        slopes = [weights[i] for kind, i in mk._weight_slots(name) if kind == "prelu"]
+        equalised = mk.equalised(name, weights, [rng.uniform(0.5, 4.0, w.size) for w in slopes])
+        for net in (mk.build(name, weights, "int8", batch_size=None), mk.build_elementwise(name, weights, None),
+                    mk.build_elementwise(name, equalised, None)):
+            for ours, theirs in zip(net(x), faithful):
+                np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-4, rtol=1e-4)
+
+
+def test_the_fine_tuning_simulation_is_nearer_the_int8_model_than_float_is() -> None:
+    """distill's fake quantization at the converter's calibration ranges moves the net's outputs towards the int8
+    TFLite model's. Not onto them: the converter gives an ADD's first input (the PReLU's relu branch) the ADD's
+    output scale, coarser than the branch's own range that the simulation uses (seen in the shipped R-Net)."""
+    from converters.build import distill
+    from converters.build import mtcnn_keras as mk
+
+    rng = np.random.default_rng(3)
+    weights = _random_source_weights("rnet", rng, std=0.09)
+
+    def pixels(count):  # on the pixel grid, which the int8 input holds exactly
+        return ((rng.integers(0, 256, (count, 24, 24, 3)) - 127.5) / 128).astype(np.float32)
+
+    calibration = [pixels(1) for _ in range(64)]
+    x = pixels(32)
+    layers = distill.QuantLayers()
+    simulated = mk.build_elementwise("rnet", weights, None, layers=layers)
+    distill.observe_bounds(simulated, layers, calibration)
+    plain = mk.build_elementwise("rnet", weights, None)
+    content = tflite_tools.to_tflite(plain, lambda: ([c] for c in calibration))
+    interp = tflite_tools.allocated(content, input_shape=x.shape)
+    device = {out.shape[-1]: out for out in tflite_tools.run_once(interp, tfl.quantize(x, tfl.input_specs(interp)[0]))}
+    sim_box, float_box = np.asarray(simulated(x)[1]), np.asarray(plain(x)[1])
+    assert np.abs(sim_box - device[4]).mean() < 0.85 * np.abs(float_box - device[4]).mean()

@@ -14,6 +14,13 @@ Two builds of each net from one layer table:
   1×1 convolution. Every two-way softmax becomes a sigmoid (:func:`softmax_as_sigmoid`). Outputs equal the
   faithful net's in float up to rounding, and every op is int8/XNNPACK- and EdgeTPU-friendly (CONV_2D,
   FULLY_CONNECTED, MAX_POOL_2D, RESHAPE/TRANSPOSE, LOGISTIC): 0 nodes outside the XNNPACK delegate.
+
+:func:`build_elementwise` is the other int8 form (``doorface-convert mtcnn --prelu elementwise``): every PReLU as
+``relu(y) + s·relu(-|a|·y)`` in 1×1 depthwise convs and an ADD (:mod:`converters.build.prelu`), the heads reading
+the last PReLU's two branches as two linear layers summed, no layer computed twice (MACs 1.02-1.06× float against
+2.7-3.4×). It stores each PReLU's input in one int8 tensor for both signs, so it is converted from
+:func:`equalised` and fine-tuned weights (:mod:`converters.build.distill`) and still agrees a little less with
+float (docs/models.md).
 """
 
 from __future__ import annotations
@@ -24,7 +31,11 @@ from typing import Optional
 
 import numpy as np
 
+from converters.build import distill, prelu
+
 NETS = ("pnet", "rnet", "onet")
+# TFLite's int8 LOGISTIC output has a fixed scale of 1/256 from 0, whatever calibration sees.
+SIGMOID_OUTPUT_RANGE = (0.0, 255.0 / 256.0)
 
 
 @dataclass(frozen=True)
@@ -135,13 +146,8 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
     if variant not in ("faithful", "int8"):
         raise ValueError(f"variant must be 'faithful' or 'int8', got {variant!r}")
     spec = SPECS[name]
-    input_shape = spec.input_shape
-    if input_hw is not None:
-        if spec.input_shape[0] is not None and tuple(input_hw) != spec.input_shape[:2]:
-            raise ValueError(f"{name} takes {spec.input_shape[:2]} inputs only, got input_hw={tuple(input_hw)}")
-        input_shape = (*input_hw, 3)
     queue = list(weights)
-    inputs = keras.Input(input_shape, batch_size=batch_size, name="image")
+    inputs = _input(name, batch_size, input_hw)
     x = inputs
     pending_mix = None  # a 2C→C mix waiting to be folded into the next linear layer
     flat_positions = 0
@@ -208,6 +214,87 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
     return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_{variant}")
 
 
+def _input(name: str, batch_size: Optional[int], input_hw: Optional[tuple[int, int]]):
+    """The image input of ``name``: its own crop size, or P-Net's any size unless ``input_hw`` fixes it."""
+    import keras
+
+    spec = SPECS[name]
+    input_shape = spec.input_shape
+    if input_hw is not None:
+        if spec.input_shape[0] is not None and tuple(input_hw) != spec.input_shape[:2]:
+            raise ValueError(f"{name} takes {spec.input_shape[:2]} inputs only, got input_hw={tuple(input_hw)}")
+        input_shape = (*input_hw, 3)
+    return keras.Input(input_shape, batch_size=batch_size, name="image")
+
+
+def build_elementwise(name: str, weights: list[np.ndarray], batch_size: Optional[int] = 1,
+                      input_hw: Optional[tuple[int, int]] = None, layers: Optional[distill.Layers] = None):
+    """The elementwise-PReLU int8 form of ``name`` (module docstring), with ``weights`` in the source's layout.
+
+    ``batch_size`` and ``input_hw`` as for :func:`build`. ``layers`` makes the linear layers and marks the tensors
+    TFLite stores in int8 (:class:`distill.QuantLayers` simulates int8 for fine-tuning); plain Keras layers when
+    None. The model's weights (``get_weights``) do not depend on the batch or input size.
+    """
+    import keras
+    from keras import layers as L
+    from keras import ops
+
+    layers = layers or distill.PLAIN
+    spec = SPECS[name]
+    queue = list(weights)
+    inputs = _input(name, batch_size, input_hw)
+    x = inputs
+    last_prelu = max(i for i, layer in enumerate(spec.body) if layer.kind == "prelu")
+    head_branches = None  # (pos, neg, s) of the last PReLU, for the heads to read
+
+    def apply(layer, tensor, *params):
+        out = layer(tensor)
+        layer.set_weights(list(params))
+        return out
+
+    for i, layer in enumerate(spec.body):
+        if layer.kind == "conv":
+            x = layers.stored(apply(layers.conv2d(layer.units, layer.kernel), x, queue.pop(0), queue.pop(0)))
+        elif layer.kind == "dense":
+            x = layers.stored(apply(layers.dense(layer.units), x, queue.pop(0), queue.pop(0)))
+        elif layer.kind == "prelu":
+            alpha = queue.pop(0).reshape(-1)
+            if i == last_prelu:
+                head_branches = (*prelu.branches(x, alpha, layers), prelu.signs(alpha))
+            else:
+                x = prelu.signed_sum(*prelu.branches(x, alpha, layers), alpha, layers)
+        elif layer.kind == "pool":
+            x = L.MaxPooling2D(layer.kernel, layer.stride, padding=layer.padding)(x)
+        elif layer.kind == "permute_flatten":
+            # The source weights come from Caffe, whose flatten runs over (w, h, c): transpose before flattening.
+            features = int(x.shape[1]) * int(x.shape[2]) * int(x.shape[3])
+            x = ops.reshape(L.Permute((2, 1, 3))(x), (-1, features))
+        else:
+            raise ValueError(f"unknown layer kind {layer.kind}")
+
+    outputs = {}
+    for head in spec.heads:
+        weight, bias = queue.pop(0), queue.pop(0)
+        activation = head.activation
+        if activation == "softmax":
+            weight, bias, activation = softmax_as_sigmoid(weight, bias)
+        conv = weight.ndim == 4
+
+        def linear(units=head.units, conv=conv, **kwargs):
+            return layers.conv2d(units, 1, **kwargs) if conv else layers.dense(units, **kwargs)
+
+        pos, neg, sign = head_branches
+        # W·prelu(y) = W·pos + (W·diag(s))·neg: the input rows of the neg layer carry the signs.
+        signed = weight * (sign.reshape(1, 1, -1, 1) if conv else sign.reshape(-1, 1))
+        logits = layers.stored(ops.add(layers.stored(apply(linear(), pos, weight, bias)),
+                                       layers.stored(apply(linear(use_bias=False), neg, signed.astype(np.float32)))))
+        outputs[head.name] = logits if activation is None else \
+            layers.stored(L.Activation(activation, name=head.name)(logits), SIGMOID_OUTPUT_RANGE)
+    if queue:
+        raise ValueError(f"{name}: {len(queue)} source weight arrays left unused; the layer table is wrong")
+    return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_elementwise")
+
+
 def softmax_as_sigmoid(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """A two-way softmax head as a sigmoid head with the same outputs: softmax(l)_i = sigmoid(l_i - l_j).
 
@@ -218,6 +305,68 @@ def softmax_as_sigmoid(weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray
         raise ValueError(f"only a two-way softmax becomes a sigmoid, this head has {weight.shape[-1]} outputs")
     swap = weight[..., ::-1]
     return (weight - swap).astype(np.float32), (bias - bias[::-1]).astype(np.float32), "sigmoid"
+
+
+def _weight_slots(name: str) -> list[tuple[str, int]]:
+    """(kind, index into the source weight list) of every conv/dense, PReLU and head, in layer order."""
+    slots, index = [], 0
+    for layer in SPECS[name].body:
+        if layer.kind in ("conv", "dense"):
+            slots.append((layer.kind, index))
+            index += 2
+        elif layer.kind == "prelu":
+            slots.append(("prelu", index))
+            index += 1
+    slots.extend(("head", index + 2 * i) for i in range(len(SPECS[name].heads)))
+    return slots
+
+
+def equalised(name: str, weights: list[np.ndarray], gains: list[np.ndarray]) -> list[np.ndarray]:
+    """The same function with each PReLU's channels scaled by ``gains`` (one array per PReLU, all > 0).
+
+    PReLU is positively homogeneous (prelu(g·y) = g·prelu(y)) and max-pool commutes with a positive per-channel
+    scale, so channel c of the layer before PReLU k is multiplied by ``gains[k][c]`` and the matching input rows
+    of the next linear layer (or of every head) by its inverse. A PReLU's input is one int8 tensor with one scale
+    for all its channels, so one channel with a wide range would coarsen all the others: gains that even the
+    channel ranges out give every channel its share of the 256 levels.
+    """
+    out = [np.array(w, dtype=np.float32, copy=True) for w in weights]
+    slots = _weight_slots(name)
+    prelus = [i for i, (kind, _) in enumerate(slots) if kind == "prelu"]
+    if len(gains) != len(prelus):
+        raise ValueError(f"{name} has {len(prelus)} PReLUs, got {len(gains)} gain arrays")
+    for position, gain in zip(prelus, gains):
+        gain = np.asarray(gain, dtype=np.float32).reshape(-1)
+        if np.any(gain <= 0):
+            raise ValueError(f"{name}: equalisation gains must be positive")
+        kind, producer = slots[position - 1]
+        out[producer] = out[producer] * gain  # output channels are the last axis of both HWIO and (in, out)
+        out[producer + 1] = out[producer + 1] * gain
+        following = slots[position + 1:]
+        consumers = [following[0][1]] if following[0][0] != "head" else [i for k, i in following if k == "head"]
+        for consumer in consumers:
+            weight = out[consumer]
+            if weight.ndim == 4:  # HWIO: input channels on axis 2
+                out[consumer] = weight / gain.reshape(1, 1, -1, 1)
+            else:  # (features, units); after a flatten the channel is the fastest-varying feature index
+                out[consumer] = weight / np.tile(gain, weight.shape[0] // len(gain))[:, None]
+    return out
+
+
+def prelu_input_ranges(name: str, weights: list[np.ndarray], samples: list[np.ndarray]) -> list:
+    """Per PReLU of the faithful net: each channel's largest |input| over ``samples`` (normalised batches)."""
+    import keras
+
+    model = build(name, weights, "faithful", batch_size=None)
+    prelus = [layer for layer in model.layers if isinstance(layer, keras.layers.PReLU)]
+    probe = keras.Model(model.input, [layer.input for layer in prelus])
+    ranges = [np.zeros(int(layer.input.shape[-1])) for layer in prelus]
+    for sample in samples:
+        outs = probe(sample, training=False)
+        for k, y in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
+            y = np.abs(np.asarray(y)).reshape(-1, len(ranges[k]))
+            ranges[k] = np.maximum(ranges[k], y.max(axis=0))
+    return ranges
 
 
 def source_reference(name: str, weights: list[np.ndarray], package_dir):
