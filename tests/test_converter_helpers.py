@@ -197,3 +197,11 @@ def test_the_fine_tuning_simulation_is_nearer_the_int8_model_than_float_is() -> 
     device = {out.shape[-1]: out for out in tflite_tools.run_once(interp, tfl.quantize(x, tfl.input_specs(interp)[0]))}
     sim_box, float_box = np.asarray(simulated(x)[1]), np.asarray(plain(x)[1])
     assert np.abs(sim_box - device[4]).mean() < 0.85 * np.abs(float_box - device[4]).mean()
+
+
+def test_the_mtcnn_converter_refuses_an_unknown_prelu_form_before_writing_anything(tmp_path) -> None:
+    from converters.build import mtcnn
+
+    with pytest.raises(ValueError, match=r"prelu_form must be one of \('branches', 'elementwise'\)"):
+        mtcnn.convert(tmp_path / "out", prelu_form="maximum")
+    assert not (tmp_path / "out").exists()
