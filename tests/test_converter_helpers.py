@@ -153,6 +153,7 @@ def _random_source_weights(name: str, rng, std: float = 0.3) -> list[np.ndarray]
     return weights
 
 
+@pytest.mark.convert  # Keras, TensorFlow
 def test_both_int8_mtcnn_forms_equal_the_faithful_net_in_float_equalised_or_not() -> None:
     """P-Net, R-Net and O-Net (dense PReLUs, flatten, heads that read the last PReLU's branches or a folded mix),
     in the shipped ReLU-branch form and in the elementwise one."""
@@ -173,6 +174,7 @@ def test_both_int8_mtcnn_forms_equal_the_faithful_net_in_float_equalised_or_not(
                 np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.convert  # Keras, TensorFlow
 def test_the_fine_tuning_simulation_is_nearer_the_int8_model_than_float_is() -> None:
     """distill's fake quantization at the converter's calibration ranges moves the net's outputs towards the int8
     TFLite model's. Not onto them: the converter gives an ADD's first input (the PReLU's relu branch) the ADD's
@@ -199,6 +201,7 @@ def test_the_fine_tuning_simulation_is_nearer_the_int8_model_than_float_is() -> 
     assert np.abs(sim_box - device[4]).mean() < 0.85 * np.abs(float_box - device[4]).mean()
 
 
+@pytest.mark.convert  # Keras, TensorFlow
 def test_the_mtcnn_converter_refuses_an_unknown_prelu_form_before_writing_anything(tmp_path) -> None:
     from converters.build import mtcnn
 
