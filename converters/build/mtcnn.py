@@ -135,10 +135,14 @@ def crop_samples(images: list, runners, stage: str, limit: Optional[int],
         if len(candidates):
             crops.append(pyramid.crops(candidates[:, :4], INPUT_SIDE[stage]))
     all_crops = np.concatenate(crops) if crops else np.zeros((0, INPUT_SIDE[stage], INPUT_SIDE[stage], 3), np.uint8)
-    if limit is not None and len(all_crops) > limit:
-        keep = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(all_crops), size=limit, replace=False))
-        all_crops = all_crops[keep]
-    return all_crops
+    return all_crops[seeded_subset(len(all_crops), limit)]
+
+
+def seeded_subset(count: int, limit: Optional[int]) -> np.ndarray:
+    """Indices, in order, of a seeded sample of at most ``limit`` of ``count`` items (all of them when None)."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(CALIBRATION_SEED).choice(count, size=limit, replace=False))
 
 
 @dataclass(frozen=True)
@@ -191,22 +195,18 @@ def tuned_net(name: str, weights: list[np.ndarray], calibration: list[np.ndarray
 
 def calibration_sets(fit_images: list, runners,
                      params: cascade.CascadeParams = cascade.DEFAULT_PARAMS) -> tuple[dict, dict]:
-    """(calibration samples, training inputs) of every net from the calibration images ``fit_images``: P-Net
-    calibrates on their pyramid levels and trains on patches of them; R-Net and O-Net train on every crop the float
-    cascade cuts from them and calibrate on a seeded sample of those."""
-    levels = pnet_samples(fit_images)
-    calibration = {"pnet": levels}
-    train = {"pnet": pnet_patches(levels)}
+    """(calibration samples of every net, every candidate crop of R-Net and O-Net) from the calibration images
+    ``fit_images``, normalised: P-Net calibrates on their pyramid levels, R-Net and O-Net on a seeded sample of the
+    crops the float cascade cuts from them (fine-tuning trains on all of those)."""
+    calibration = {"pnet": pnet_samples(fit_images)}
+    all_crops = {}
     for stage, limit in (("rnet", MAX_RNET_CROPS), ("onet", MAX_ONET_CROPS)):
         crops = tflite_tools.normalise(crop_samples(fit_images, runners, stage, None, params), PIXEL_MEAN, PIXEL_STD)
         if len(crops) == 0:
             raise RuntimeError(f"{stage}: the calibration images gave no candidate crops; check the shared data")
-        keep = np.arange(len(crops))
-        if len(crops) > limit:  # the same sample as crop_samples(..., limit)
-            keep = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(crops), size=limit, replace=False))
-        calibration[stage] = [c[None] for c in crops[keep]]
-        train[stage] = crops
-    return calibration, train
+        calibration[stage] = [c[None] for c in crops[seeded_subset(len(crops), limit)]]
+        all_crops[stage] = crops
+    return calibration, all_crops
 
 
 def run_tflite(content: bytes, sample: np.ndarray) -> list[np.ndarray]:
@@ -295,7 +295,7 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
                    f"{check['int8_friendly_rewrite_vs_keras_max_abs_diff']:.3g}")
     step("float checks")
 
-    fit_sets, train_sets = calibration_sets(calib.split(False), runners)
+    fit_sets, all_crops = calibration_sets(calib.split(False), runners)
     held_sets = {"pnet": pnet_samples(calib.split(True))}
     for stage, limit in (("rnet", MAX_RNET_CROPS), ("onet", MAX_ONET_CROPS)):
         held = tflite_tools.normalise(crop_samples(calib.split(True), runners, stage, limit // 3), PIXEL_MEAN,
@@ -304,7 +304,10 @@ def convert(out_dir: Path, shared: Optional[Path] = None, cache: Optional[Path] 
     for n, held in held_sets.items():
         if not held:
             raise RuntimeError(f"{n}: no held-out samples were produced; check the shared data")
-    tuned = {n: tuned_net(n, weights[n], fit_sets[n], train_sets[n]) for n in mk.NETS} if elementwise else {}
+    tuned = {}
+    if elementwise:
+        train_sets = {"pnet": pnet_patches(fit_sets["pnet"]), **all_crops}
+        tuned = {n: tuned_net(n, weights[n], fit_sets[n], train_sets[n]) for n in mk.NETS}
     step("calibration samples" + (", fine-tuning" if elementwise else ""))
 
     entries = {}

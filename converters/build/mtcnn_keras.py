@@ -153,14 +153,9 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
     flat_positions = 0
     body = list(spec.body)
 
-    def apply(layer, tensor, *params):
-        out = layer(tensor)
-        layer.set_weights(list(params))
-        return out
-
     def emit_mix(tensor):
         channels = pending_mix.shape[1]
-        return apply(L.Conv2D(channels, 1, use_bias=False), tensor, pending_mix[None, None])
+        return _with_weights(L.Conv2D(channels, 1, use_bias=False), tensor, pending_mix[None, None])
 
     for i, layer in enumerate(body):
         followed_by_prelu = i + 1 < len(body) and body[i + 1].kind == "prelu"
@@ -177,15 +172,15 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
             else:
                 units, activation = layer.units, None
             if layer.kind == "conv":
-                x = apply(L.Conv2D(units, layer.kernel, activation=activation), x, weight, bias)
+                x = _with_weights(L.Conv2D(units, layer.kernel, activation=activation), x, weight, bias)
             else:
-                x = apply(L.Dense(units, activation=activation), x, weight, bias)
+                x = _with_weights(L.Dense(units, activation=activation), x, weight, bias)
         elif layer.kind == "prelu":
             if variant == "faithful":
                 alpha = queue.pop(0)
                 shared = [1, 2] if len(x.shape) == 4 else None
-                x = apply(L.PReLU(shared_axes=shared), x, alpha.reshape(tuple(x.shape[1:]) if shared is None
-                                                                          else (1, 1, -1)))
+                x = _with_weights(L.PReLU(shared_axes=shared), x,
+                                  alpha.reshape(tuple(x.shape[1:]) if shared is None else (1, 1, -1)))
         elif layer.kind == "pool":
             if pending_mix is not None:
                 x = emit_mix(x)
@@ -208,10 +203,17 @@ def build(name: str, weights: list[np.ndarray], variant: str = "faithful", batch
             weight, bias, activation = softmax_as_sigmoid(weight, bias)
         layer = L.Conv2D(head.units, 1, activation=activation, name=head.name) if weight.ndim == 4 else \
             L.Dense(head.units, activation=activation, name=head.name)
-        outputs[head.name] = apply(layer, x, weight, bias)
+        outputs[head.name] = _with_weights(layer, x, weight, bias)
     if queue:
         raise ValueError(f"{name}: {len(queue)} source weight arrays left unused; the layer table is wrong")
     return keras.Model(inputs, [outputs[n] for n in spec.output_order], name=f"{name}_{variant}")
+
+
+def _with_weights(layer, tensor, *params):
+    """``layer`` called on ``tensor`` (which builds it), then given ``params`` as its weights."""
+    out = layer(tensor)
+    layer.set_weights(list(params))
+    return out
 
 
 def _input(name: str, batch_size: Optional[int], input_hw: Optional[tuple[int, int]]):
@@ -247,16 +249,11 @@ def build_elementwise(name: str, weights: list[np.ndarray], batch_size: Optional
     last_prelu = max(i for i, layer in enumerate(spec.body) if layer.kind == "prelu")
     head_branches = None  # (pos, neg, s) of the last PReLU, for the heads to read
 
-    def apply(layer, tensor, *params):
-        out = layer(tensor)
-        layer.set_weights(list(params))
-        return out
-
     for i, layer in enumerate(spec.body):
         if layer.kind == "conv":
-            x = layers.stored(apply(layers.conv2d(layer.units, layer.kernel), x, queue.pop(0), queue.pop(0)))
+            x = layers.stored(_with_weights(layers.conv2d(layer.units, layer.kernel), x, queue.pop(0), queue.pop(0)))
         elif layer.kind == "dense":
-            x = layers.stored(apply(layers.dense(layer.units), x, queue.pop(0), queue.pop(0)))
+            x = layers.stored(_with_weights(layers.dense(layer.units), x, queue.pop(0), queue.pop(0)))
         elif layer.kind == "prelu":
             alpha = queue.pop(0).reshape(-1)
             if i == last_prelu:
@@ -286,8 +283,9 @@ def build_elementwise(name: str, weights: list[np.ndarray], batch_size: Optional
         pos, neg, sign = head_branches
         # W·prelu(y) = W·pos + (W·diag(s))·neg: the input rows of the neg layer carry the signs.
         signed = weight * (sign.reshape(1, 1, -1, 1) if conv else sign.reshape(-1, 1))
-        logits = layers.stored(ops.add(layers.stored(apply(linear(), pos, weight, bias)),
-                                       layers.stored(apply(linear(use_bias=False), neg, signed.astype(np.float32)))))
+        from_pos = layers.stored(_with_weights(linear(), pos, weight, bias))
+        from_neg = layers.stored(_with_weights(linear(use_bias=False), neg, signed.astype(np.float32)))
+        logits = layers.stored(ops.add(from_pos, from_neg))
         outputs[head.name] = logits if activation is None else \
             layers.stored(L.Activation(activation, name=head.name)(logits), SIGMOID_OUTPUT_RANGE)
     if queue:
