@@ -177,8 +177,7 @@ def test_both_int8_mtcnn_forms_equal_the_faithful_net_in_float_equalised_or_not(
 @pytest.mark.convert  # Keras, TensorFlow
 def test_the_fine_tuning_simulation_is_nearer_the_int8_model_than_float_is() -> None:
     """distill's fake quantization at the converter's calibration ranges moves the net's outputs towards the int8
-    TFLite model's. Not onto them: the converter gives an ADD's first input (the PReLU's relu branch) the ADD's
-    output scale, coarser than the branch's own range that the simulation uses (seen in the shipped R-Net)."""
+    TFLite model's (not onto them: fixed-point rescaling, int32 biases and single rounding differ; see distill)."""
     from converters.build import distill
     from converters.build import mtcnn_keras as mk
 
@@ -208,3 +207,39 @@ def test_the_mtcnn_converter_refuses_an_unknown_prelu_form_before_writing_anythi
     with pytest.raises(ValueError, match=r"prelu_form must be one of \('branches', 'elementwise'\)"):
         mtcnn.convert(tmp_path / "out", prelu_form="maximum")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.convert  # Keras, TensorFlow
+def test_every_mobilefacenet_form_equals_the_faithful_net_in_float() -> None:
+    """The int8-friendly MobileFaceNet forms (relu branches, equalised or not; depthwise and signed PReLU,
+    equalised) compute the PReLU net on a small plan with MobileFaceNet's layer kinds: a PReLU read by a depthwise
+    conv, one read by a 1×1 conv, a residual ADD, slopes of both signs and above 1."""
+    from converters.build import mobilefacenet_keras as mk
+
+    rng = np.random.default_rng(5)
+
+    def slopes(n):
+        return rng.choice([-0.4, 0.1, 0.25, 1.3], n).astype(np.float32)
+
+    def conv(name, src, cin, cout, k=3, stride=1, padding="same"):
+        return mk.Step("conv", name, (src,), rng.normal(0, 0.3, (k, k, cin, cout)).astype(np.float32),
+                       rng.normal(0, 0.1, cout).astype(np.float32), strides=stride, padding=padding)
+
+    steps = (
+        mk.Step("input", "image"),
+        conv("c1", "image", 3, 8, stride=2), mk.Step("prelu", "p1", ("c1",), alpha=slopes(8)),
+        mk.Step("depthwise", "d1", ("p1",), rng.normal(0, 0.3, (3, 3, 8, 1)).astype(np.float32),
+                rng.normal(0, 0.1, 8).astype(np.float32)), mk.Step("prelu", "p2", ("d1",), alpha=slopes(8)),
+        conv("c2", "p2", 8, 8, k=1), mk.Step("add", "sum", ("c2", "p1")),
+        conv("c3", "sum", 8, 6, k=1), mk.Step("prelu", "p3", ("c3",), alpha=slopes(6)),
+        conv("c4", "p3", 6, 4, k=56, padding="valid"), mk.Step("flatten", "out", ("c4",)),
+    )
+    plan = mk.Plan(steps, "out", 0, 3, True)
+    x = rng.uniform(-1, 1, (2, mk.INPUT_SIZE, mk.INPUT_SIZE, 3)).astype(np.float32)
+    faithful = np.asarray(mk.build(plan, "faithful", batch_size=None)(x))
+    ranges = mk.prelu_ranges(plan, x)
+    equal_plan = mk.equalised_plan(plan, ranges, 1.0, 0.25)
+    for variant, form_plan, scales in (("relu", plan, None), ("relu", plan, mk.equalisation(plan, ranges, 1.0, 0.25)),
+                                       ("depthwise", equal_plan, None), ("signed", equal_plan, None)):
+        ours = np.asarray(mk.build(form_plan, variant, batch_size=None, scales=scales)(x))
+        np.testing.assert_allclose(ours, faithful, atol=2e-4 * np.abs(faithful).max(), err_msg=variant)

@@ -14,8 +14,11 @@ where those steps hurt least:
 - the loss is the mean squared distance to the float source net's own outputs on the training samples
   (distillation: no labels, and no data beyond what calibration already uses).
 
-The simulation is near the converted model, not bit-exact: besides rounding-mode details, the converter gives an
-ADD's first input (a PReLU's relu branch) the ADD's output scale, where the simulation uses the branch's own range.
+The simulation is near the converted model, not bit-exact: TFLite rescales with fixed-point multipliers, rounds
+biases to int32 and rounds once where the simulation may round twice. One difference that looks larger is not: the
+converter stores a PReLU's relu branch at the scale of the ADD that follows (a coarser grid than the branch's own),
+but the other branch is exactly 0 wherever the relu branch is not, so the simulated ADD's rounding puts those values
+on that same grid (simulating the tie changed no trained weight, measured).
 The trained weights are then converted exactly as before (full-integer post-training quantization on the
 calibration samples): the graph is unchanged, only its weights moved. Only linear layers train; the PReLU slopes in
 the depthwise branches stay the source's.

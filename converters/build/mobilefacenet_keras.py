@@ -44,7 +44,7 @@ from converters.build import prelu as elementwise
 from converters.build.tfjs import GraphError, TfjsGraph, TfjsNode, attr_ints, attr_str, attr_strs
 
 INPUT_SIZE = 112
-VARIANTS = ("faithful", "relu", "depthwise")
+VARIANTS = ("faithful", "relu", "depthwise", "signed")
 
 # TFJS convolution ops (the PReLU pattern's Relu/Abs/Sub/Mul and the L2 tail are matched, never emitted).
 CONV_OPS = ("_FusedConv2D", "Conv2D")
@@ -386,6 +386,10 @@ class _Builder:
                 self.conv(step)
             elif step.kind == "prelu" and self.variant == "depthwise":
                 self.values[step.name] = _Dense(elementwise.apply(self.values[step.inputs[0]].tensor, step.alpha))
+            elif step.kind == "prelu" and self.variant == "signed":
+                source = self.values[step.inputs[0]].tensor
+                self.values[step.name] = _Dense(elementwise.signed_sum(*elementwise.branches(source, step.alpha),
+                                                                       step.alpha))
             elif step.kind == "prelu" and self.variant == "faithful":
                 layer = self.L.PReLU(shared_axes=[1, 2], name=step.name)
                 source = self.values[step.inputs[0]].tensor
@@ -412,7 +416,8 @@ def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, 
 
     ``faithful``: Conv/DepthwiseConv + ``keras.layers.PReLU``, as the source. ``relu``: every PReLU rewritten with
     ReLU, convolutions and ADD only (module docstring), with ``scales`` (PReLU step name → :class:`BranchScales`,
-    identity where absent); equal in float up to rounding.
+    identity where absent); equal in float up to rounding. ``depthwise`` and ``signed``: each PReLU from its input
+    stored once (:func:`converters.build.prelu.apply`, :func:`converters.build.prelu.signed_sum`), compared only.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
