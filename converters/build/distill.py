@@ -18,7 +18,10 @@ The simulation is near the converted model, not bit-exact: TFLite rescales with 
 biases to int32 and rounds once where the simulation may round twice. One difference that looks larger is not: the
 converter stores a PReLU's relu branch at the scale of the ADD that follows (a coarser grid than the branch's own),
 but the other branch is exactly 0 wherever the relu branch is not, so the simulated ADD's rounding puts those values
-on that same grid (simulating the tie changed no trained weight, measured).
+on that same grid (simulating the tie changed no trained weight, measured). Where the simulation rounds a value to
+the other neighbouring level than TFLite does, the two differ by a level from there on, and such differences
+compound with depth: near the int8 model over MTCNN's few layers, only a little nearer than float over
+MobileFaceNet's dozens (tests/test_converter_helpers.py measures both).
 The trained weights are then converted exactly as before (full-integer post-training quantization on the
 calibration samples): the graph is unchanged, only its weights moved. Only linear layers train; the PReLU slopes in
 the depthwise branches stay the source's.

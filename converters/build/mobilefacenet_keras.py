@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
+from converters.build import distill
 from converters.build import prelu as elementwise
 from converters.build.tfjs import GraphError, TfjsGraph, TfjsNode, attr_ints, attr_str, attr_strs
 
@@ -293,10 +294,11 @@ def fold_split_in(weight: np.ndarray, scales: BranchScales) -> np.ndarray:
 class _Builder:
     """Keras layers for a :class:`Plan`; in the ``relu`` variant every PReLU output travels as a :class:`_Split`."""
 
-    def __init__(self, plan: Plan, variant: str, scales: dict):
-        from keras import layers
+    def __init__(self, plan: Plan, variant: str, scales: dict, layers: distill.Layers = distill.PLAIN):
+        from keras import layers as keras_layers
 
-        self.L = layers
+        self.L = keras_layers
+        self.layers = layers
         self.plan = plan
         self.variant = variant
         self.scales = scales
@@ -317,12 +319,12 @@ class _Builder:
     def linear(self, step: Step, weight, bias, name: str, relu: bool, tensor):
         activation = "relu" if relu else None
         if step.kind == "conv":
-            layer = self.L.Conv2D(weight.shape[-1], weight.shape[:2], strides=step.strides, padding=step.padding,
-                                  activation=activation, use_bias=bias is not None, name=name)
+            layer = self.layers.conv2d(weight.shape[-1], weight.shape[:2], strides=step.strides, padding=step.padding,
+                                       activation=activation, use_bias=bias is not None, name=name)
         else:
-            layer = self.L.DepthwiseConv2D(weight.shape[:2], strides=step.strides, padding=step.padding,
-                                           activation=activation, use_bias=bias is not None, name=name)
-        return self.apply(layer, tensor, weight, *(() if bias is None else (bias,)))
+            layer = self.layers.depthwise(weight.shape[:2], strides=step.strides, padding=step.padding,
+                                          activation=activation, use_bias=bias is not None, name=name)
+        return self.layers.stored(self.apply(layer, tensor, weight, *(() if bias is None else (bias,))))
 
     def concat(self, value: _Split):
         if value.name not in self.concats:
@@ -388,8 +390,8 @@ class _Builder:
                 self.values[step.name] = _Dense(elementwise.apply(self.values[step.inputs[0]].tensor, step.alpha))
             elif step.kind == "prelu" and self.variant == "signed":
                 source = self.values[step.inputs[0]].tensor
-                self.values[step.name] = _Dense(elementwise.signed_sum(*elementwise.branches(source, step.alpha),
-                                                                       step.alpha))
+                pos, neg = elementwise.branches(source, step.alpha, self.layers)
+                self.values[step.name] = _Dense(elementwise.signed_sum(pos, neg, step.alpha, self.layers))
             elif step.kind == "prelu" and self.variant == "faithful":
                 layer = self.L.PReLU(shared_axes=[1, 2], name=step.name)
                 source = self.values[step.inputs[0]].tensor
@@ -399,7 +401,7 @@ class _Builder:
                     raise GraphError(f"{step.name}: a PReLU that does not follow a convolution")
             elif step.kind == "add":
                 tensors = [self.materialise(self.values[i], f"{step.name}_in{k}") for k, i in enumerate(step.inputs)]
-                self.values[step.name] = _Dense(self.L.Add(name=step.name)(tensors))
+                self.values[step.name] = _Dense(self.layers.stored(self.L.Add(name=step.name)(tensors)))
             elif step.kind == "flatten":
                 source = self.materialise(self.values[step.inputs[0]], step.name)
                 self.values[step.name] = _Dense(self.L.Flatten(name=step.name)(source))
@@ -411,7 +413,8 @@ class _Builder:
         return keras.Model(inputs, output, name=f"mobilefacenet_{self.variant}")
 
 
-def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, scales: Optional[dict] = None):
+def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, scales: Optional[dict] = None,
+          layers: distill.Layers = distill.PLAIN):
     """A Keras functional model (normalised input, raw 192-D output) for ``variant``.
 
     ``faithful``: Conv/DepthwiseConv + ``keras.layers.PReLU``, as the source. ``relu``: every PReLU rewritten with
@@ -421,7 +424,7 @@ def build(plan: Plan, variant: str = "faithful", batch_size: Optional[int] = 1, 
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    return _Builder(plan, variant, scales or {}).run(batch_size)
+    return _Builder(plan, variant, scales or {}, layers).run(batch_size)
 
 
 def equalised_plan(plan: Plan, ranges: dict, depthwise_strength: float, conv_strength: float) -> Plan:
