@@ -31,7 +31,7 @@ calibrations):
   0.0041; 1,278 faces. Fine-tuned: 0.0074-0.0076 / 0.0157-0.0161 / 0.0092-0.0102 and 0.0096 / 0.0093-0.0097 /
   0.0038-0.0039 over two trainings, 1,284 and 1,279 faces, landmarks better than shipped (mean 1.31-1.33% of the
   box against 1.37%). MACs 1.06 / 1.04 / 1.02× float (``bench.macs``), against 3.36 / 2.84 / 2.70×.
-- The same, on a second machine (2026-12-07; the shipped form's converter run there: 1,284 faces): batch-order
+- The same, on a second machine (2026-12-07; the shipped models evaluated there: 1,284 faces): batch-order
   seeds 0 / 1 / 2 gave 0.0076 / 0.0075 / 0.0074, 0.0139 / 0.0155 / 0.0138, 0.0103 / 0.0097 / 0.0087 held-out
   face-probability error and 1,280 / 1,275 / 1,283 faces; one net at a time in the shipped cascade (seed 0):
   P-Net 1,283, R-Net 1,286, O-Net 1,281 (P- and R-Net together 1,281). Keeping, per net, the best of eight seeds
