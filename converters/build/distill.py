@@ -20,8 +20,9 @@ converter stores a PReLU's relu branch at the scale of the ADD that follows (a c
 but the other branch is exactly 0 wherever the relu branch is not, so the simulated ADD's rounding puts those values
 on that same grid (simulating the tie changed no trained weight, measured). Where the simulation rounds a value to
 the other neighbouring level than TFLite does, the two differ by a level from there on, and such differences
-compound with depth: near the int8 model over MTCNN's few layers, only a little nearer than float over
-MobileFaceNet's dozens (tests/test_converter_helpers.py measures both).
+compound with depth: the simulated net is near its int8 model over MTCNN's few layers
+(tests/test_converter_helpers.py) but, over MobileFaceNet's dozens, barely nearer than float is, which is why
+fine-tuning helps it little.
 The trained weights are then converted exactly as before (full-integer post-training quantization on the
 calibration samples): the graph is unchanged, only its weights moved. Only linear layers train; the PReLU slopes in
 the depthwise branches stay the source's.
